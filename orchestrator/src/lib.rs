@@ -1,0 +1,1 @@
+//! Saga engine (placeholder until the engine lands).

@@ -1,0 +1,1 @@
+//! Purchase saga (placeholder until it lands).

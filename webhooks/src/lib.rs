@@ -1,0 +1,1 @@
+//! Webhook verification (placeholder until it lands).
