@@ -1,8 +1,30 @@
-//! Project automation. Run `cargo xtask help` for the list of tasks.
+//! Project automation, run as `cargo xtask <task>`. Run `cargo xtask help`.
 
+mod paths;
+mod postgres;
+mod process;
 mod simulate;
+mod stack;
+mod tools;
+mod ui;
+mod workers;
 
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Result};
+
+use stack::{Profile, Secrets};
+
+/// Set by Ctrl-C (or SIGTERM); every wait loop checks it.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+pub fn interrupted() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Native crates: unit, property and doc tests that need no running stack.
+const NATIVE_PACKAGES: &[&str] = &["orchestrator", "steps", "webhooks", "worker-common", "xtask"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -11,6 +33,9 @@ fn main() -> ExitCode {
         None => ("help", &[][..]),
     };
     let result = match task {
+        "dev" => dev(rest),
+        "test" => test(rest),
+        "build" => build(rest),
         "simulate" => simulate::main(rest),
         "help" | "--help" | "-h" => {
             print_help();
@@ -31,6 +56,107 @@ fn print_help() {
     println!(
         "cargo xtask <task>\n\n\
          Tasks:\n  \
-         simulate --sagas N --seed S   deterministic simulation of purchase sagas\n"
+         dev [--fresh] [--fresh-tools]   install what is missing, build, and run the local stack until Ctrl-C\n  \
+         test [--fresh-tools]            every test: native unit/property tests, then end-to-end on a throw-away stack\n  \
+         build                           build the four Workers (Rust -> Wasm) into workers/<name>/build\n  \
+         simulate --sagas N --seed S     deterministic simulation of purchase sagas with injected faults\n\n\
+         Flags:\n  \
+         --fresh        start the dev stack from empty state (PostgreSQL, Durable Objects, KV)\n  \
+         --fresh-tools  reinstall the cached tools (worker-build, wasm-bindgen, PostgreSQL)\n"
     );
+}
+
+struct Flags {
+    fresh: bool,
+    fresh_tools: bool,
+}
+
+fn flags(args: &[String], allowed: &[&str]) -> Result<Flags> {
+    for arg in args {
+        if !allowed.contains(&arg.as_str()) {
+            bail!("unknown flag `{arg}` (allowed: {})", allowed.join(", "));
+        }
+    }
+    let has = |f: &str| args.iter().any(|a| a == f);
+    Ok(Flags { fresh: has("--fresh"), fresh_tools: has("--fresh-tools") })
+}
+
+fn install_stop_handler() -> Result<()> {
+    ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstill stopping; press Ctrl-C again in a moment if it hangs");
+        } else {
+            eprintln!("\nstopping the stack...");
+        }
+    })?;
+    Ok(())
+}
+
+fn dev(args: &[String]) -> Result<()> {
+    let flags = flags(args, &["--fresh", "--fresh-tools"])?;
+    install_stop_handler()?;
+    let secrets = Secrets::from_env();
+    ui::info("secrets (set these environment variables to override):");
+    secrets.print();
+    let tools = tools::ensure(flags.fresh_tools, std::env::var_os("DATABASE_URL").is_none())?;
+    workers::build_all(&tools)?;
+    let mut stack = stack::start(Profile::Dev, &tools, flags.fresh, &secrets)?;
+    println!("all services ready; state persists in {}. Ctrl-C stops everything.", Profile::Dev.dir().display());
+    let outcome = stack::supervise(&mut stack, &STOP);
+    let killed = stack.supervisor.stop_all();
+    eprintln!("stopped every service{}", if killed > 0 { format!(" ({killed} needed SIGKILL)") } else { String::new() });
+    outcome
+}
+
+fn build(args: &[String]) -> Result<()> {
+    flags(args, &[])?;
+    let tools = tools::ensure(false, false)?;
+    workers::build_all(&tools)
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let flags = flags(args, &["--fresh-tools"])?;
+    install_stop_handler()?;
+    let step = ui::step("native unit and property tests");
+    let mut native = Command::new("cargo");
+    native.arg("test").current_dir(paths::root());
+    for package in NATIVE_PACKAGES {
+        native.args(["-p", package]);
+    }
+    process::run("native tests", &mut native, "see the failing test above")?;
+    step.done();
+
+    let tools = tools::ensure(flags.fresh_tools, std::env::var_os("DATABASE_URL").is_none())?;
+    workers::build_all(&tools)?;
+    let step = ui::step("compiling the end-to-end tests");
+    process::run(
+        "compiling e2e tests",
+        Command::new("cargo").args(["test", "-p", "e2e", "--no-run"]).current_dir(paths::root()),
+        "see the compiler output above",
+    )?;
+    step.done();
+
+    let secrets = Secrets::from_env();
+    let step = ui::step("starting a throw-away stack (test ports, .local/test)");
+    let mut stack = stack::start(Profile::Test, &tools, true, &secrets)?;
+    step.done();
+
+    let step = ui::step("end-to-end tests against the running stack");
+    let mut e2e = Command::new("cargo");
+    e2e.args(["test", "-p", "e2e"]).current_dir(paths::root());
+    for worker in workers::WORKERS {
+        e2e.env(format!("E2E_{}_URL", worker.to_uppercase().replace('-', "_")), stack.url(worker));
+    }
+    e2e.env("E2E_DATABASE_URL", &stack.database_url);
+    for (name, value) in &secrets.0 {
+        e2e.env(format!("E2E_{name}"), value);
+    }
+    let status = e2e.status();
+    stack.supervisor.stop_all();
+    drop(step);
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => bail!("end-to-end tests failed ({s}); service logs are in {}", Profile::Test.dir().join("logs").display()),
+        Err(e) => bail!("could not run the end-to-end tests: {e}"),
+    }
 }

@@ -1,0 +1,219 @@
+//! The local stack: PostgreSQL and the four Workers, on fixed ports, under
+//! one supervisor. `cargo xtask dev` and `cargo xtask test` run the same
+//! stack with different ports and folders, so both can run at once.
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::paths;
+use crate::postgres;
+use crate::process::{self, Output, Supervisor};
+use crate::tools::Tools;
+use crate::ui;
+use crate::workers::{self, Serve, WORKERS};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    Dev,
+    Test,
+}
+
+pub struct Ports {
+    pub postgres: u16,
+    pub payments: u16,
+    pub marketplace: u16,
+    pub ads: u16,
+    pub sandbox_psp: u16,
+    /// First of four consecutive inspector ports (one per wrangler).
+    pub inspector_base: u16,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Dev => "dev",
+            Profile::Test => "test",
+        }
+    }
+
+    pub fn ports(self) -> Ports {
+        match self {
+            Profile::Dev => Ports { postgres: 54329, payments: 8787, marketplace: 8788, ads: 8789, sandbox_psp: 8790, inspector_base: 9231 },
+            Profile::Test => Ports { postgres: 54339, payments: 8797, marketplace: 8798, ads: 8799, sandbox_psp: 8800, inspector_base: 9241 },
+        }
+    }
+
+    pub fn dir(self) -> PathBuf {
+        paths::local().join(self.name())
+    }
+}
+
+impl Ports {
+    pub fn of(&self, worker: &str) -> u16 {
+        match worker {
+            "payments" => self.payments,
+            "marketplace" => self.marketplace,
+            "ads" => self.ads,
+            _ => self.sandbox_psp,
+        }
+    }
+}
+
+/// Tokens and secrets: from the environment when set, else development
+/// defaults (printed at start; never valid anywhere but here).
+pub struct Secrets(pub Vec<(&'static str, String)>);
+
+impl Secrets {
+    pub fn from_env() -> Self {
+        let defaults = [
+            ("CHECKOUT_TOKEN", "dev_checkout_token"),
+            ("OPS_TOKEN", "dev_ops_token"),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_dev_local_only"),
+            ("STRIPE_SECRET_KEY", "sk_test_dev_local_only"),
+            ("CLICK_SIGNING_KEY", "dev_click_signing_key"),
+        ];
+        Secrets(
+            defaults
+                .iter()
+                .map(|(name, default)| {
+                    let value = std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string());
+                    (*name, value)
+                })
+                .collect(),
+        )
+    }
+
+    pub fn print(&self) {
+        for (name, value) in &self.0 {
+            let source = if std::env::var(name).is_ok_and(|v| !v.is_empty()) { "from the environment" } else { "development default" };
+            ui::info(format!("{name}={value}  ({source})"));
+        }
+    }
+}
+
+pub struct Stack {
+    pub ports: Ports,
+    pub database_url: String,
+    pub supervisor: Supervisor,
+}
+
+impl Stack {
+    pub fn url(&self, worker: &str) -> String {
+        format!("http://127.0.0.1:{}", self.ports.of(worker))
+    }
+}
+
+/// Starts PostgreSQL (unless `DATABASE_URL` points elsewhere) and every
+/// Worker, and waits until each answers `/healthz` with 200.
+pub fn start(profile: Profile, tools: &Tools, fresh: bool, secrets: &Secrets) -> Result<Stack> {
+    let dir = profile.dir();
+    let ports = profile.ports();
+    let mut supervisor = Supervisor::new(&dir)?;
+    if fresh {
+        let step = ui::step(format!("removing the {} stack's state (--fresh)", profile.name()));
+        for sub in ["state", "logs", "registry"] {
+            let _ = fs::remove_dir_all(dir.join(sub));
+        }
+        let _ = fs::remove_dir_all(postgres::data_dir(&dir));
+        step.done();
+    }
+    let logs = dir.join("logs");
+    fs::create_dir_all(&logs)?;
+    let database_url = match std::env::var("DATABASE_URL").ok().filter(|v| !v.is_empty()) {
+        Some(url) => {
+            let step = ui::step(format!("using DATABASE_URL {} (migrating it)", postgres::redact(&url)));
+            postgres::migrate(&url)?;
+            step.done();
+            url
+        }
+        None => {
+            let step = ui::step(format!("starting PostgreSQL on 127.0.0.1:{}", ports.postgres));
+            let data = postgres::data_dir(&dir);
+            postgres::start(&mut supervisor, &tools.pg_bin, &data, ports.postgres, &logs.join("postgres.log"), profile == Profile::Test)?;
+            step.done();
+            postgres::url(ports.postgres)
+        }
+    };
+    println!("postgres     {}  ready", postgres::redact(&database_url));
+
+    let registry = dir.join("registry");
+    let state = dir.join("state");
+    fs::create_dir_all(&registry)?;
+    let output = if profile == Profile::Dev { Output::LogFileAndTerminal } else { Output::LogFile };
+    for (i, worker) in WORKERS.iter().enumerate() {
+        let mut vars: Vec<(String, String)> = secrets.0.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
+        if workers::uses_postgres(worker) {
+            vars.push(("DATABASE_URL".into(), database_url.clone()));
+        }
+        vars.push(("STRIPE_API_BASE".into(), format!("http://127.0.0.1:{}", ports.sandbox_psp)));
+        vars.push(("STRIPE_WEBHOOK_URL".into(), format!("http://127.0.0.1:{}/v1/webhooks/stripe", ports.payments)));
+        let serve = Serve {
+            worker,
+            port: ports.of(worker),
+            inspector_port: ports.inspector_base + i as u16,
+            state_dir: &state,
+            registry_dir: &registry,
+            vars: &vars,
+        };
+        let command = workers::wrangler_dev(tools, &serve);
+        supervisor.spawn(worker, command, &logs.join(format!("{worker}.log")), output, libc::SIGTERM)?;
+    }
+    let mut stack = Stack { ports, database_url, supervisor };
+    for worker in WORKERS {
+        let step = ui::step(format!("waiting for {worker} on {}", stack.url(worker)));
+        wait_healthy(&mut stack, worker, &logs)?;
+        step.done();
+    }
+    for worker in WORKERS {
+        println!("{worker:<12} {}  ready", stack.url(worker));
+    }
+    Ok(stack)
+}
+
+fn wait_healthy(stack: &mut Stack, worker: &str, logs: &std::path::Path) -> Result<()> {
+    let url = format!("{}/healthz", stack.url(worker));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut last;
+    loop {
+        if crate::interrupted() {
+            bail!("interrupted");
+        }
+        if let Some((name, status, log)) = stack.supervisor.exited() {
+            bail!("{name} exited ({status}) while the stack was starting; last lines of {}:\n{}", log.display(), process::tail(&log, 30));
+        }
+        match agent.get(&url).call() {
+            Ok(response) if response.status() == 200 => return Ok(()),
+            Ok(mut response) => {
+                last = format!("{} {}", response.status(), response.body_mut().read_to_string().unwrap_or_default());
+            }
+            Err(err) => last = err.to_string(),
+        }
+        if Instant::now() > deadline {
+            let log = logs.join(format!("{worker}.log"));
+            bail!("{worker} did not become healthy at {url} within 180s (last answer: {last}); log tail:\n{}", process::tail(&log, 30));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Blocks until Ctrl-C (Ok) or until a service dies (Err naming it).
+pub fn supervise(stack: &mut Stack, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
+    loop {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Some((name, status, log)) = stack.supervisor.exited() {
+            return Err(anyhow::anyhow!("{name} exited ({status}); stopping everything. Last lines of {}:\n{}", log.display(), process::tail(&log, 30)))
+                .context("a service of the stack died");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
