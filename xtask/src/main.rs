@@ -98,7 +98,7 @@ fn dev(args: &[String]) -> Result<()> {
     let secrets = Secrets::from_env();
     ui::info("secrets (set these environment variables to override):");
     secrets.print();
-    let tools = tools::ensure(flags.fresh_tools, std::env::var_os("DATABASE_URL").is_none())?;
+    let tools = tools::ensure(flags.fresh_tools, Profile::Dev.database_url_override().is_none())?;
     workers::build_all(&tools)?;
     let mut stack = stack::start(Profile::Dev, &tools, flags.fresh, &secrets)?;
     println!("all services ready; state persists in {}. Ctrl-C stops everything.", Profile::Dev.dir().display());
@@ -126,7 +126,7 @@ fn test(args: &[String]) -> Result<()> {
     process::run("native tests", &mut native, "see the failing test above")?;
     step.done();
 
-    let tools = tools::ensure(flags.fresh_tools, std::env::var_os("DATABASE_URL").is_none())?;
+    let tools = tools::ensure(flags.fresh_tools, Profile::Test.database_url_override().is_none())?;
     workers::build_all(&tools)?;
     let step = ui::step("compiling the end-to-end tests");
     process::run(

@@ -49,6 +49,39 @@ impl Profile {
     pub fn dir(self) -> PathBuf {
         paths::local().join(self.name())
     }
+
+    /// The environment variable that points this stack at an existing
+    /// PostgreSQL instead of the embedded one. Tests have their own, so a
+    /// `DATABASE_URL` meant for development never receives test data.
+    pub fn database_url_var(self) -> &'static str {
+        match self {
+            Profile::Dev => "DATABASE_URL",
+            Profile::Test => "TEST_DATABASE_URL",
+        }
+    }
+
+    pub fn database_url_override(self) -> Option<String> {
+        std::env::var(self.database_url_var()).ok().filter(|v| !v.is_empty())
+    }
+}
+
+/// Fails early, with the culprit named, when a port is taken: usually a stack
+/// still running from another terminal.
+fn check_ports_free(profile: Profile, ports: &Ports, with_postgres: bool) -> Result<()> {
+    let mut wanted: Vec<(&str, u16)> = WORKERS.iter().map(|w| (*w, ports.of(w))).collect();
+    wanted.extend((0..WORKERS.len() as u16).map(|i| ("a wrangler inspector", ports.inspector_base + i)));
+    if with_postgres {
+        wanted.push(("postgres", ports.postgres));
+    }
+    for (what, port) in wanted {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            bail!(
+                "port {port} (for {what}) is already in use on 127.0.0.1: is another `cargo xtask {}` running? Stop it first",
+                profile.name()
+            );
+        }
+    }
+    Ok(())
 }
 
 impl Ports {
@@ -122,9 +155,11 @@ pub fn start(profile: Profile, tools: &Tools, fresh: bool, secrets: &Secrets) ->
     }
     let logs = dir.join("logs");
     fs::create_dir_all(&logs)?;
-    let database_url = match std::env::var("DATABASE_URL").ok().filter(|v| !v.is_empty()) {
+    let external_database = profile.database_url_override();
+    check_ports_free(profile, &ports, external_database.is_none())?;
+    let database_url = match external_database {
         Some(url) => {
-            let step = ui::step(format!("using DATABASE_URL {} (migrating it)", postgres::redact(&url)));
+            let step = ui::step(format!("using {} {} (migrating it)", profile.database_url_var(), postgres::redact(&url)));
             postgres::migrate(&url)?;
             step.done();
             url
