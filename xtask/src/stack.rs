@@ -42,12 +42,25 @@ impl Profile {
     pub fn ports(self) -> Ports {
         match self {
             Profile::Dev => Ports { postgres: 54329, payments: 8787, marketplace: 8788, ads: 8789, sandbox_psp: 8790, inspector_base: 9231 },
-            Profile::Test => Ports { postgres: 54339, payments: 8797, marketplace: 8798, ads: 8799, sandbox_psp: 8800, inspector_base: 9241 },
+            Profile::Test => {
+                let shift = 100 * test_slot();
+                Ports {
+                    postgres: 54339 + shift,
+                    payments: 8797 + shift,
+                    marketplace: 8798 + shift,
+                    ads: 8799 + shift,
+                    sandbox_psp: 8800 + shift,
+                    inspector_base: 9241 + shift,
+                }
+            }
         }
     }
 
     pub fn dir(self) -> PathBuf {
-        paths::local().join(self.name())
+        match (self, test_slot()) {
+            (Profile::Test, slot) if slot > 0 => paths::local().join(format!("test-{slot}")),
+            _ => paths::local().join(self.name()),
+        }
     }
 
     /// The environment variable that points this stack at an existing
@@ -63,6 +76,12 @@ impl Profile {
     pub fn database_url_override(self) -> Option<String> {
         std::env::var(self.database_url_var()).ok().filter(|v| !v.is_empty())
     }
+}
+
+/// `PETNET_TEST_SLOT=N` (1-9) moves the test stack to ports shifted by 100·N
+/// and its own folder, so several test runs can share a machine.
+fn test_slot() -> u16 {
+    std::env::var("PETNET_TEST_SLOT").ok().and_then(|v| v.parse::<u16>().ok()).filter(|n| *n <= 9).unwrap_or(0)
 }
 
 /// Fails early, with the culprit named, when a port is taken: usually a stack
