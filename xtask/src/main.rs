@@ -24,7 +24,7 @@ pub fn interrupted() -> bool {
 }
 
 /// Native crates: unit, property and doc tests that need no running stack.
-const NATIVE_PACKAGES: &[&str] = &["orchestrator", "steps", "webhooks", "worker-common", "xtask"];
+const NATIVE_PACKAGES: &[&str] = &["orchestrator", "steps", "webhooks", "worker-common", "marketplace", "payments", "ads", "sandbox-psp", "xtask"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

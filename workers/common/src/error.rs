@@ -58,6 +58,12 @@ impl ApiError {
         Self::new(500, "internal_error", message)
     }
 
+    /// The same status with a more specific code (`out_of_stock` is a 409).
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+
     pub fn body(&self) -> serde_json::Value {
         json!({ "error": { "code": self.code, "message": self.message } })
     }

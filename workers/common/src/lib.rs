@@ -9,6 +9,7 @@
 //! Domain logic does not live here: this crate only knows HTTP and plumbing.
 
 pub mod auth;
+pub mod body;
 pub mod db;
 pub mod health;
 pub mod route;
