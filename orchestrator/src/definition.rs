@@ -159,7 +159,7 @@ pub struct EventRule {
 }
 
 /// A definition that failed validation.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DefinitionError {
     #[error("a saga needs at least one step")]
     NoSteps,

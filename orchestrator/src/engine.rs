@@ -60,8 +60,10 @@ pub enum Input {
     Start { jitter_seed: u64 },
     Succeeded { effect: EffectId, output: Option<String> },
     /// `retryable: false` means the action definitively did not and will not
-    /// take effect. Any failure result means it did not take effect under
-    /// this key (a lost answer is a timeout, not a failure).
+    /// take effect under this key (the provider replays that answer for the
+    /// key). `retryable: true` says only that this attempt did nothing; an
+    /// earlier attempt that timed out may still have taken effect. A lost
+    /// answer is not reported: the engine times the attempt out.
     Failed { effect: EffectId, retryable: bool, error: String },
     Event(Event),
     /// The alarm fired (at or after [`Definition::poll_timeout`]).
@@ -508,9 +510,12 @@ impl Definition {
         let run = &mut s.steps[i].forward;
         run.in_flight = false;
         run.timeout_at = None;
-        run.outcome_unknown = timed_out;
+        // Sticky: a later attempt's transient error says nothing about whether
+        // an earlier, timed-out attempt took effect under the same key.
+        run.outcome_unknown |= timed_out;
         run.last_error = Some(error.clone());
-        if compensating && !timed_out && !at_or_after_pivot {
+        let maybe_done = run.outcome_unknown;
+        if compensating && !maybe_done && !at_or_after_pivot {
             // It did not take effect and we no longer want it.
             s.steps[i].phase = StepPhase::Failed;
             return;
@@ -518,7 +523,7 @@ impl Definition {
         if run.attempts < a.retry.max_attempts {
             let entropy = mix(seed ^ ((i as u64) << 40) ^ (run.attempts as u64));
             run.next_attempt_at = Some(cx.now.plus(a.retry.delay(run.attempts, entropy)));
-        } else if timed_out || at_or_after_pivot {
+        } else if maybe_done || at_or_after_pivot {
             // Outcome unknown (or money may have moved): never guess.
             self.needs_attention(s, cx, i, ActionKind::Forward, error);
         } else {
@@ -532,7 +537,7 @@ impl Definition {
         let run = &mut s.steps[i].compensation;
         run.in_flight = false;
         run.timeout_at = None;
-        run.outcome_unknown = timed_out;
+        run.outcome_unknown |= timed_out;
         run.last_error = Some(error.clone());
         if retryable && run.attempts < a.retry.max_attempts {
             let entropy = mix(seed ^ ((i as u64) << 40) ^ (1 << 32) ^ (run.attempts as u64));

@@ -78,7 +78,8 @@ pub struct ActionRun {
     /// When the next attempt is due (backing off).
     pub next_attempt_at: Option<Timestamp>,
     pub last_error: Option<String>,
-    /// The last attempt timed out: it may or may not have taken effect.
+    /// Some attempt timed out, so the action may have taken effect; cleared
+    /// only by a definitive answer (success or non-retryable failure).
     pub outcome_unknown: bool,
 }
 
@@ -215,6 +216,10 @@ impl SagaState {
     /// Transitions recorded over the saga's life (not bounded like history).
     pub fn transitions(&self) -> u64 {
         self.transitions
+    }
+    /// Whether an event (or command) id was already applied or recorded.
+    pub fn has_seen_event(&self, id: &str) -> bool {
+        self.seen_events.iter().any(|e| e == id)
     }
     pub fn schema_version(&self) -> u32 {
         self.schema_version
