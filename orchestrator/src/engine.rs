@@ -68,6 +68,10 @@ pub enum Input {
     Event(Event),
     /// The alarm fired (at or after [`Definition::poll_timeout`]).
     Timer,
+    /// The shell restarted from persisted state. Every effect that was in
+    /// flight is returned again (same key, same attempt) to re-perform, and
+    /// marked as possibly done: the crashed run may have performed it.
+    Resume,
     Operator(OperatorCommand),
 }
 
@@ -214,6 +218,9 @@ impl Definition {
                 let fired = self.on_timer(s, &mut cx);
                 if fired { (Outcome::Applied, Some(InputLabel::Timer)) } else { (Outcome::Ignored(Ignored::NothingDue), None) }
             }
+            Input::Resume => {
+                if self.on_resume(s, &mut cx) { (Outcome::Applied, Some(InputLabel::Resume)) } else { (Outcome::Ignored(Ignored::NothingDue), None) }
+            }
             Input::Operator(cmd) => {
                 let o = self.on_operator(s, &mut cx, cmd)?;
                 (o, Some(InputLabel::Operator { command: cmd }))
@@ -261,7 +268,8 @@ impl Definition {
         best
     }
 
-    /// Every effect in flight, to re-perform (same keys) after a restart.
+    /// Every effect in flight (read-only). After a restart feed
+    /// [`Input::Resume`] instead, which also records that they may be done.
     pub fn pending_effects(&self, s: &SagaState) -> Vec<Effect> {
         let mut out = Vec::new();
         if s.steps.len() != self.steps.len() {
@@ -664,6 +672,28 @@ impl Definition {
         };
         remember(s, ev.id);
         Ok((outcome, Some(InputLabel::Event { kind: Cow::Borrowed(rule.kind), outcome: Cow::Borrowed(word) })))
+    }
+
+    fn on_resume(&self, s: &mut SagaState, cx: &mut Cx) -> bool {
+        let mut any = false;
+        for i in 0..self.steps.len() {
+            let st = &mut s.steps[i];
+            let (kind, def, run) = match st.phase {
+                StepPhase::Running if st.forward.in_flight => (ActionKind::Forward, self.forward_def(i), &mut st.forward),
+                StepPhase::Compensating if st.compensation.in_flight => {
+                    (ActionKind::Compensation, self.steps[i].compensation, &mut st.compensation)
+                }
+                _ => continue,
+            };
+            let Some(a) = def else { continue };
+            run.outcome_unknown = true;
+            run.timeout_at = Some(cx.now.plus(a.timeout));
+            let attempt = run.attempts;
+            let e = self.effect(s, i, kind, a, attempt);
+            cx.effects.push(e);
+            any = true;
+        }
+        any
     }
 
     fn on_timer(&self, s: &mut SagaState, cx: &mut Cx) -> bool {

@@ -14,8 +14,8 @@
 //! key `{saga}:{step}:{action}`, identical for every attempt), reports results
 //! as [`Input::Succeeded`] / [`Input::Failed`] naming the [`EffectId`], and
 //! sets its single alarm to `wake_at` ([`Definition::poll_timeout`]), feeding
-//! [`Input::Timer`] when it fires. After a crash it reloads the state and
-//! re-performs [`Definition::pending_effects`] under the same keys.
+//! [`Input::Timer`] when it fires. After a crash it reloads the state, feeds
+//! [`Input::Resume`] and re-performs the effects it returns (same keys).
 //!
 //! Rules the engine enforces:
 //! - failures are retried by each action's [`RetryPolicy`] (exponential

@@ -136,6 +136,7 @@ pub enum InputLabel {
     Failed { step: u16, action: ActionKind, attempt: u32, retryable: bool },
     Event { kind: Cow<'static, str>, outcome: Cow<'static, str> },
     Timer,
+    Resume,
     Operator { command: crate::OperatorCommand },
 }
 

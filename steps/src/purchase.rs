@@ -232,6 +232,8 @@ pub enum PurchaseInput {
     Buyer(BuyerCommand),
     Operator(PurchaseOperatorCommand),
     Timer,
+    /// After a restart from persisted state: re-perform the returned effects.
+    Resume,
 }
 
 /// The concrete call behind an effect.
@@ -471,6 +473,7 @@ impl PurchaseSaga {
                 Input::Event(Event { id: e.id, kind: e.kind.as_str().to_string(), output: e.object_id })
             }
             PurchaseInput::Timer => Input::Timer,
+            PurchaseInput::Resume => Input::Resume,
             PurchaseInput::Buyer(cmd) => self.buyer_input(p, cmd)?,
             PurchaseInput::Operator(cmd) => {
                 let state = self.state(p);
@@ -588,7 +591,7 @@ impl PurchaseSaga {
         self.def.poll_timeout(&p.saga)
     }
 
-    /// Effects in flight, to re-perform after a restart (same keys).
+    /// Effects in flight (read-only view; after a restart use [`PurchaseInput::Resume`]).
     pub fn pending_effects(&self, p: &Purchase) -> Vec<PurchaseEffect> {
         self.def.pending_effects(&p.saga).iter().map(|e| self.effect(p, e.id, &e.key)).collect()
     }

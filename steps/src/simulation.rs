@@ -458,12 +458,18 @@ impl<'a> World<'a> {
         if self.shells[idx].live != self.shells[idx].persisted {
             self.violate(idx, "state_round_trip", "reloaded state differs".into());
         }
-        let pending = self.saga.pending_effects(&self.shells[idx].live);
         self.shells[idx].alarm = None;
-        self.restore_alarm(idx);
-        for e in pending {
-            self.record_issue(idx, &e);
-            self.perform(idx, e);
+        match self.saga.handle(&mut self.shells[idx].live, Timestamp(self.now), PurchaseInput::Resume) {
+            Ok(tr) => {
+                self.transitions += 1;
+                self.shells[idx].persisted = self.shells[idx].live.clone();
+                self.set_alarm(idx, tr.wake_at);
+                for e in tr.effects {
+                    self.record_issue(idx, &e);
+                    self.perform(idx, e);
+                }
+            }
+            Err(e) => self.violate(idx, "no_rejection_of_shell_inputs", e.to_string()),
         }
     }
 
