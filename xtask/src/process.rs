@@ -6,7 +6,10 @@
 //! - normal stop and Ctrl-C: [`Supervisor::stop_all`] signals every group,
 //!   waits, then SIGKILLs what is left;
 //! - we are killed outright: each direct child gets SIGKILL from the kernel
-//!   (`PR_SET_PDEATHSIG`);
+//!   (`PR_SET_PDEATHSIG`), and services that fork helpers of their own
+//!   (wrangler forks workerd) run in a PID namespace of their own
+//!   (`unshare --pid --kill-child`), where the kernel kills every process
+//!   once the first one dies;
 //! - anything that still survived (a grandchild): the pid file lets the next
 //!   run find and stop it before starting again.
 
@@ -71,8 +74,21 @@ impl Supervisor {
         }
         if stopped > 0 {
             crate::ui::info(format!("stopped {stopped} process(es) left over from an earlier run"));
+            // SIGKILL is asynchronous: wait until they are gone and their ports free.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let groups: Vec<i32> = text.lines().filter_map(|l| l.trim().parse::<i32>().ok()).collect();
+            while groups.iter().any(|g| !processes_in_group(*g).is_empty()) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(100));
+            }
         }
         let _ = fs::remove_file(&self.pid_file);
+    }
+
+    /// Like [`Supervisor::spawn`], but inside a PID namespace of its own when
+    /// the system allows it, so that none of its descendants can outlive it.
+    pub fn spawn_contained(&mut self, name: &str, command: Command, log: &Path, output: Output, stop_signal: i32) -> Result<()> {
+        let command = if pid_namespaces_work() { in_pid_namespace(&command) } else { command };
+        self.spawn(name, command, log, output, stop_signal)
     }
 
     /// Starts `command` in its own process group, output to `log`.
@@ -163,6 +179,33 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+fn pid_namespaces_work() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WORKS.get_or_init(|| {
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child=SIGKILL", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+fn in_pid_namespace(command: &Command) -> Command {
+    let mut wrapped = Command::new("unshare");
+    wrapped.args(["--pid", "--fork", "--kill-child=SIGKILL", "--"]).arg(command.get_program()).args(command.get_args());
+    if let Some(dir) = command.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped
 }
 
 /// Live (non-zombie) processes whose process group is `pgid`, from /proc.

@@ -25,11 +25,12 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_millis();
     let outcomes: Vec<String> = report.outcomes.iter().map(|(s, n)| format!("{}={n}", s.as_str())).collect();
     eprintln!(
-        "outcomes: {}; rejected_commands={} crashes={} early_captures={}",
+        "outcomes: {}; rejected_commands={} crashes={} early_captures={} needs_attention_episodes={}",
         outcomes.join(" "),
         report.rejected_commands,
         report.crashes,
-        report.early_captures
+        report.early_captures,
+        report.attention_episodes
     );
     if let Some(v) = report.violations.first() {
         eprintln!("first violation: [{}] {} — {}", v.invariant, v.purchase_id, v.detail);

@@ -213,7 +213,7 @@ pub fn start(profile: Profile, tools: &Tools, fresh: bool, secrets: &Secrets) ->
             vars: &vars,
         };
         let command = workers::wrangler_dev(tools, &serve);
-        supervisor.spawn(worker, command, &logs.join(format!("{worker}.log")), output, libc::SIGTERM)?;
+        supervisor.spawn_contained(worker, command, &logs.join(format!("{worker}.log")), output, libc::SIGTERM)?;
     }
     let mut stack = Stack { ports, database_url, supervisor };
     for worker in WORKERS {
@@ -258,8 +258,15 @@ fn wait_healthy(stack: &mut Stack, worker: &str, logs: &std::path::Path) -> Resu
     }
 }
 
-/// Blocks until Ctrl-C (Ok) or until a service dies (Err naming it).
+/// Blocks until Ctrl-C (Ok) or until a service dies (Err naming it). A
+/// service counts as dead when its process exits, or when its port stops
+/// accepting connections for a few seconds in a row (wrangler can outlive the
+/// workerd that actually serves).
 pub fn supervise(stack: &mut Stack, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
+    const PROBE_EVERY: Duration = Duration::from_secs(2);
+    const FAILURES_ALLOWED: u32 = 3;
+    let mut failures = [0u32; WORKERS.len()];
+    let mut last_probe = Instant::now();
     loop {
         if stop.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
@@ -267,6 +274,23 @@ pub fn supervise(stack: &mut Stack, stop: &std::sync::atomic::AtomicBool) -> Res
         if let Some((name, status, log)) = stack.supervisor.exited() {
             return Err(anyhow::anyhow!("{name} exited ({status}); stopping everything. Last lines of {}:\n{}", log.display(), process::tail(&log, 30)))
                 .context("a service of the stack died");
+        }
+        if last_probe.elapsed() >= PROBE_EVERY {
+            last_probe = Instant::now();
+            for (i, worker) in WORKERS.iter().enumerate() {
+                let address = std::net::SocketAddr::from(([127, 0, 0, 1], stack.ports.of(worker)));
+                if std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok() {
+                    failures[i] = 0;
+                    continue;
+                }
+                failures[i] += 1;
+                if failures[i] >= FAILURES_ALLOWED {
+                    bail!(
+                        "{worker} stopped accepting connections on {address} (its workerd died?); stopping everything. Its log is {}",
+                        Profile::Dev.dir().join("logs").join(format!("{worker}.log")).display()
+                    );
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     }

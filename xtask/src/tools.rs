@@ -132,7 +132,9 @@ impl InstallLock {
 /// wrangler, exactly as package-lock.json pins it.
 fn ensure_node_modules() -> Result<(PathBuf, PathBuf)> {
     let root = paths::root();
-    let wrangler_js = root.join("node_modules/wrangler/bin/wrangler.js");
+    // wrangler's bin script only re-spawns this file with two node flags; we
+    // run it directly so the process we supervise is the one that owns workerd.
+    let wrangler_js = root.join("node_modules/wrangler/wrangler-dist/cli.js");
     let esbuild = root.join("node_modules/@esbuild/linux-x64/bin/esbuild");
     let lock = fs::read_to_string(root.join("package-lock.json")).context("package-lock.json is missing")?;
     let pinned = lock_entry_version(&lock, "node_modules/wrangler").context("wrangler is not in package-lock.json")?;

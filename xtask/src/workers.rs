@@ -50,6 +50,7 @@ pub fn wrangler_dev(tools: &Tools, serve: &Serve) -> Command {
     let config = paths::root().join("workers").join(serve.worker).join("wrangler.toml");
     let mut command = Command::new("node");
     command
+        .args(["--no-warnings", "--experimental-vm-modules"])
         .arg(&tools.wrangler_js)
         .arg("dev")
         .arg("--config")
