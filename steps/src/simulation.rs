@@ -54,6 +54,8 @@ pub struct Report {
     pub rejected_commands: u64,
     pub crashes: u64,
     pub early_captures: u64,
+    /// Times a saga entered `needs_attention` (operators then retried it).
+    pub attention_episodes: u64,
 }
 
 impl Report {
@@ -90,6 +92,7 @@ pub fn run(cfg: &SimConfig) -> Result<Report, PurchaseError> {
         report.rejected_commands += world.rejected;
         report.crashes += world.crashes;
         report.early_captures += world.early_captures;
+        report.attention_episodes += world.attention_episodes;
         for s in &world.shells {
             *outcomes.entry(saga.state(&s.live)).or_default() += 1;
         }
@@ -228,6 +231,7 @@ struct World<'a> {
     rejected: u64,
     crashes: u64,
     early_captures: u64,
+    attention_episodes: u64,
     violations: Vec<Violation>,
     liveness_checked: bool,
 }
@@ -255,6 +259,7 @@ impl<'a> World<'a> {
             rejected: 0,
             crashes: 0,
             early_captures: 0,
+            attention_episodes: 0,
             violations: Vec::new(),
             liveness_checked: false,
         };
@@ -548,6 +553,7 @@ impl<'a> World<'a> {
                 self.schedule(self.now + d, i, Msg::Operator(PurchaseOperatorCommand::ResolveDispute { outcome }));
             }
             PurchaseState::NeedsAttention => {
+                self.attention_episodes += 1;
                 if self.shells[idx].operator_retries < 20 {
                     self.shells[idx].operator_retries += 1;
                     let d = self.rng.range(10 * MIN, DAY);
