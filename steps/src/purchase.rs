@@ -2,8 +2,8 @@
 
 use crate::money::{Currency, Money, MoneyError};
 use orchestrator::{
-    ActionDef, ActionKind, Definition, DefinitionError, EffectId, Event, EventRule, Input, Millis, OperatorCommand,
-    Outcome, Reaction, Rejection, Resolution, RetryPolicy, SagaState, StateError, Status, StepDef, StepPhase,
+    ActionDef, ActionKind, Definition, DefinitionError, EffectId, Event, EventRule, Input, InputLabel, Millis, OperatorCommand,
+    Outcome, Position, Reaction, Rejection, Resolution, RetryPolicy, SagaState, StateError, Status, StepDef, StepPhase,
     Timestamp, WaitDef,
 };
 use serde::{Deserialize, Serialize};
@@ -515,10 +515,15 @@ impl PurchaseSaga {
                 (request_id, event::BUYER_DISPUTED, state == PurchaseState::AwaitingDelivery, "dispute")
             }
             BuyerCommand::Cancel { request_id } => {
+                // Until delivery is confirmed or disputed the buyer may walk
+                // away: the hold is voided (or an early capture refunded).
                 // Cancelling twice while it compensates is the same request.
                 let ok = matches!(
                     state,
-                    PurchaseState::Reserving | PurchaseState::HoldingFunds | PurchaseState::Compensating
+                    PurchaseState::Reserving
+                        | PurchaseState::HoldingFunds
+                        | PurchaseState::AwaitingDelivery
+                        | PurchaseState::Compensating
                 );
                 (request_id, "buyer.cancel", ok, "cancel")
             }
@@ -630,6 +635,46 @@ impl PurchaseSaga {
         }
     }
 
+    /// The bounded transition history in operators' words: what happened and
+    /// which state the purchase moved between.
+    pub fn history_views(&self, p: &Purchase) -> Vec<HistoryView> {
+        let steps = p.saga.steps();
+        let step_name = |i: u16| steps.get(i as usize).map(|s| s.name.to_string()).unwrap_or_else(|| format!("step {i}"));
+        let hold_succeeded = steps[step::HOLD as usize].succeeded_at.is_some();
+        let mut disputed = false;
+        let mut out = Vec::new();
+        for h in p.saga.history() {
+            let from = position_state(h.from, disputed, hold_succeeded);
+            let input = match &h.input {
+                InputLabel::Start => "start".to_string(),
+                InputLabel::Succeeded { step, action, attempt } => {
+                    format!("{} {} succeeded (attempt {attempt})", step_name(*step), action_word(*action))
+                }
+                InputLabel::Failed { step, action, attempt, retryable } => format!(
+                    "{} {} failed{} (attempt {attempt})",
+                    step_name(*step),
+                    action_word(*action),
+                    if *retryable { ", retryable" } else { "" }
+                ),
+                InputLabel::Event { kind, outcome } => format!("event {kind}: {outcome}"),
+                InputLabel::Timer => "timer".to_string(),
+                InputLabel::Resume => "resumed after a restart".to_string(),
+                InputLabel::Operator { command } => format!("operator {}", operator_word(command)),
+            };
+            if let InputLabel::Event { kind, .. } = &h.input {
+                if kind == event::BUYER_DISPUTED && h.to.step == step::CONFIRM && h.to.status == Status::Running {
+                    disputed = true;
+                }
+            }
+            if h.to.step != step::CONFIRM || h.to.status != Status::Running {
+                disputed = false;
+            }
+            let to = position_state(h.to, disputed, hold_succeeded);
+            out.push(HistoryView { at: h.at, input, from, to });
+        }
+        out
+    }
+
     pub fn step_views(&self, p: &Purchase) -> Vec<StepView> {
         p.saga
             .steps()
@@ -644,5 +689,47 @@ impl PurchaseSaga {
                 compensation_last_error: s.compensation.last_error.clone(),
             })
             .collect()
+    }
+}
+
+/// One history entry for operators.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HistoryView {
+    pub at: Timestamp,
+    pub input: String,
+    pub from: PurchaseState,
+    pub to: PurchaseState,
+}
+
+fn position_state(pos: Position, disputed: bool, hold_succeeded: bool) -> PurchaseState {
+    match pos.status {
+        Status::NotStarted | Status::Running => match pos.step {
+            step::RESERVE => PurchaseState::Reserving,
+            step::HOLD => PurchaseState::HoldingFunds,
+            step::CONFIRM if disputed => PurchaseState::Disputed,
+            step::CONFIRM => PurchaseState::AwaitingDelivery,
+            _ => PurchaseState::Releasing,
+        },
+        Status::Compensating => PurchaseState::Compensating,
+        Status::NeedsAttention => PurchaseState::NeedsAttention,
+        Status::Completed => PurchaseState::Completed,
+        Status::Compensated if hold_succeeded => PurchaseState::Refunded,
+        Status::Compensated => PurchaseState::Cancelled,
+    }
+}
+
+fn action_word(action: ActionKind) -> &'static str {
+    match action {
+        ActionKind::Forward => "forward action",
+        ActionKind::Compensation => "compensation",
+    }
+}
+
+fn operator_word(command: &OperatorCommand) -> &'static str {
+    match command {
+        OperatorCommand::RetryNow => "retry_now",
+        OperatorCommand::Compensate => "compensate",
+        OperatorCommand::Resolve(Resolution::Succeeded) => "resolve (succeeded)",
+        OperatorCommand::Resolve(Resolution::Failed) => "resolve (failed)",
     }
 }

@@ -118,9 +118,30 @@ fn buyer_commands_in_the_wrong_state_are_409() {
     assert_eq!(err, PurchaseError::InvalidState { state: PurchaseState::Reserving, command: "confirm_delivery" });
     assert_eq!((err.http_status(), err.code()), (409, "invalid_state"));
     assert_eq!(p, before);
+    // Once disputed, only an operator decides: the buyer can no longer cancel.
     let mut p = awaiting(&s);
-    let err = s.handle(&mut p, Timestamp(3), PurchaseInput::Buyer(BuyerCommand::Cancel { request_id: "c".into() })).unwrap_err();
+    s.handle(&mut p, Timestamp(3), PurchaseInput::Buyer(BuyerCommand::Dispute { request_id: "d".into() })).unwrap();
+    let err = s.handle(&mut p, Timestamp(4), PurchaseInput::Buyer(BuyerCommand::Cancel { request_id: "c".into() })).unwrap_err();
     assert_eq!(err.http_status(), 409);
+}
+
+#[test]
+fn buyer_cancel_while_awaiting_delivery_voids_the_hold_and_ends_refunded() {
+    let s = saga();
+    let mut p = awaiting(&s);
+    let tr = s.handle(&mut p, Timestamp(3), PurchaseInput::Buyer(BuyerCommand::Cancel { request_id: "c".into() })).unwrap();
+    assert_eq!(tr.state, PurchaseState::Compensating);
+    let void = one(&tr);
+    assert!(matches!(void.call, Call::CancelPaymentIntent { .. }), "{void:?}");
+    let tr = s.handle(&mut p, Timestamp(4), PurchaseInput::EffectSucceeded { effect: void.id, output: None }).unwrap();
+    let release = one(&tr);
+    assert!(matches!(release.call, Call::ReleaseListing { .. }), "{release:?}");
+    let tr = s.handle(&mut p, Timestamp(5), PurchaseInput::EffectSucceeded { effect: release.id, output: None }).unwrap();
+    assert_eq!(tr.state, PurchaseState::Refunded);
+    assert!(tr.effects.is_empty());
+    let history = s.history_views(&p);
+    assert_eq!(history.last().map(|h| h.to), Some(PurchaseState::Refunded));
+    assert!(history.iter().any(|h| h.from == PurchaseState::AwaitingDelivery && h.to == PurchaseState::Compensating));
 }
 
 #[test]

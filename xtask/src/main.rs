@@ -1,5 +1,6 @@
 //! Project automation, run as `cargo xtask <task>`. Run `cargo xtask help`.
 
+mod demo;
 mod paths;
 mod postgres;
 mod process;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "build" => build(rest),
         "simulate" => simulate::main(rest),
+        "demo" => demo::main(rest),
         "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -59,7 +61,8 @@ fn print_help() {
          dev [--fresh] [--fresh-tools]   install what is missing, build, and run the local stack until Ctrl-C\n  \
          test [--fresh-tools]            every test: native unit/property tests, then end-to-end on a throw-away stack\n  \
          build                           build the four Workers (Rust -> Wasm) into workers/<name>/build\n  \
-         simulate --sagas N --seed S     deterministic simulation of purchase sagas with injected faults\n\n\
+         simulate --sagas N --seed S     deterministic simulation of purchase sagas with injected faults\n  \
+         demo                            one complete purchase against the running dev stack, printed as a timeline\n\n\
          Flags:\n  \
          --fresh        start the dev stack from empty state (PostgreSQL, Durable Objects, KV)\n  \
          --fresh-tools  reinstall the cached tools (worker-build, wasm-bindgen, PostgreSQL)\n"

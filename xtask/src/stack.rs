@@ -146,6 +146,17 @@ impl Secrets {
     }
 }
 
+/// The test stack runs the purchase saga in seconds where production takes
+/// days, so the end-to-end tests can watch a deadline pass. `cargo xtask dev`
+/// keeps the production defaults of `workers/payments/wrangler.toml`.
+pub const TEST_SAGA_TIMINGS: &[(&str, &str)] = &[
+    ("INSPECTION_WINDOW_SECONDS", "8"),
+    ("CALL_TIMEOUT_SECONDS", "5"),
+    ("MARKETPLACE_RETRY", "max_attempts=5 initial_delay_ms=200 multiplier=2 max_delay_ms=2000 jitter=0.2"),
+    ("PAYMENT_RETRY", "max_attempts=5 initial_delay_ms=200 multiplier=2 max_delay_ms=2000 jitter=0.2"),
+    ("COMPENSATION_RETRY", "max_attempts=6 initial_delay_ms=200 multiplier=2 max_delay_ms=2000 jitter=0.2"),
+];
+
 pub struct Stack {
     pub ports: Ports,
     pub database_url: String,
@@ -201,6 +212,9 @@ pub fn start(profile: Profile, tools: &Tools, fresh: bool, secrets: &Secrets) ->
         let mut vars: Vec<(String, String)> = secrets.0.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
         if workers::uses_postgres(worker) {
             vars.push(("DATABASE_URL".into(), database_url.clone()));
+        }
+        if *worker == "payments" && profile == Profile::Test {
+            vars.extend(TEST_SAGA_TIMINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         }
         vars.push(("STRIPE_API_BASE".into(), format!("http://127.0.0.1:{}", ports.sandbox_psp)));
         vars.push(("STRIPE_WEBHOOK_URL".into(), format!("http://127.0.0.1:{}/v1/webhooks/stripe", ports.payments)));

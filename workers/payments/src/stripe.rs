@@ -112,6 +112,23 @@ pub fn classify(status: u16, body: &str) -> Result<String, CallError> {
     }
 }
 
+/// [`classify`], plus the one answer that means "already done": voiding a
+/// hold that is already cancelled (say, it lapsed, or an operator voided it
+/// in the dashboard) is a success for a compensation.
+pub fn classify_call(call: &Call, status: u16, body: &str) -> Result<String, CallError> {
+    let result = classify(status, body);
+    if let (Call::CancelPaymentIntent { .. }, Err(CallError::Permanent(_))) = (call, &result) {
+        let json: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        let pi = &json["error"]["payment_intent"];
+        if json["error"]["code"] == "payment_intent_unexpected_state" && pi["status"] == "canceled" {
+            if let Some(id) = pi["id"].as_str() {
+                return Ok(id.to_string());
+            }
+        }
+    }
+    result
+}
+
 pub struct StripeClient {
     pub api_base: String,
     pub secret_key: String,
@@ -140,7 +157,7 @@ impl StripeClient {
         let mut response = Fetch::Request(request).send().await.map_err(|e| CallError::Retryable(format!("network error calling Stripe: {e}")))?;
         let status = response.status_code();
         let body = response.text().await.map_err(|e| CallError::Retryable(format!("unreadable Stripe response: {e}")))?;
-        classify(status, &body)
+        classify_call(call, status, &body)
     }
 }
 
@@ -183,5 +200,16 @@ mod tests {
         assert!(matches!(classify(409, "{}"), Err(CallError::Retryable(_))));
         assert!(matches!(classify(400, r#"{"error": {"type": "idempotency_error"}}"#), Err(CallError::Permanent(_))));
         assert!(matches!(classify(200, "{}"), Err(CallError::Retryable(_))));
+    }
+
+    #[test]
+    fn voiding_an_already_cancelled_hold_is_a_success() {
+        let void = Call::CancelPaymentIntent { payment_intent: "pi_1".into() };
+        let canceled = r#"{"error": {"type": "invalid_request_error", "code": "payment_intent_unexpected_state", "payment_intent": {"id": "pi_1", "status": "canceled"}}}"#;
+        assert_eq!(classify_call(&void, 400, canceled), Ok("pi_1".into()));
+        let captured = canceled.replace("\"canceled\"", "\"succeeded\"");
+        assert!(matches!(classify_call(&void, 400, &captured), Err(CallError::Permanent(_))));
+        let capture = Call::CapturePaymentIntent { payment_intent: "pi_1".into(), amount_minor: 1 };
+        assert!(matches!(classify_call(&capture, 400, canceled), Err(CallError::Permanent(_))));
     }
 }
