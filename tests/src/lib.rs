@@ -2,6 +2,13 @@
 //! talk to it. `cargo xtask test` starts a throw-away stack and sets the
 //! `E2E_*` variables; running these tests without it fails with a message
 //! saying so, never silently passes.
+//!
+//! Every answer of the payments and marketplace Workers that goes through
+//! [`get`], [`send`], [`send_with`] or [`send_raw`] is checked against
+//! `docs/openapi.yaml` ([`openapi::check`]); an answer that breaks it fails
+//! the test, naming the operation, the status, what is wrong and the body.
+
+pub mod openapi;
 
 use std::time::Duration;
 
@@ -35,29 +42,77 @@ pub struct Reply {
     pub body: Value,
 }
 
-pub fn get(url: &str) -> Reply {
-    let mut response = agent().get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+/// The public API each checked service is found at, from the `E2E_*_URL`
+/// variables (a service whose variable is unset is simply not checked), and
+/// the path of `url` on it.
+fn service_of(url: &str) -> Option<(&'static str, &str)> {
+    openapi::SERVICES.iter().find_map(|service| {
+        let var = format!("E2E_{}_URL", service.to_uppercase().replace('-', "_"));
+        let base = std::env::var(var).ok().filter(|b| !b.is_empty())?;
+        let rest = url.strip_prefix(base.trim_end_matches('/'))?;
+        let path = match rest.chars().next() {
+            None => "/",
+            Some('/') => rest,
+            Some('?' | '#') => "/",
+            Some(_) => return None,
+        };
+        Some((*service, path))
+    })
+}
+
+/// Checks an answer against docs/openapi.yaml (see [`openapi`]) and panics
+/// with the details when it breaks it.
+fn checked(method: &str, url: &str, reply: Reply) -> Reply {
+    if let Some((service, path)) = service_of(url) {
+        if let Err(problem) = openapi::check(service, method, path, reply.status, &reply.body) {
+            let body = serde_json::to_string_pretty(&reply.body).unwrap_or_default();
+            panic!("{method} {url}: the answer breaks docs/openapi.yaml\n{problem}\nbody ({}):\n{body}", reply.status);
+        }
+        openapi::record(service, method, path, reply.status);
+    }
+    reply
+}
+
+fn reply_of(mut response: ureq::http::Response<ureq::Body>) -> Reply {
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().unwrap_or_default();
     Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
 }
 
+pub fn get(url: &str) -> Reply {
+    let response = agent().get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    checked("GET", url, reply_of(response))
+}
+
 /// Sends `method` to `url` with an optional bearer token and JSON body.
 pub fn send(method: &str, url: &str, token: Option<&str>, body: Option<&Value>) -> Reply {
-    let agent = agent();
-    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    send_with(method, url, token, &[], body)
+}
+
+/// [`send`] with extra request headers, e.g. `("idempotency-key", key)`.
+pub fn send_with(method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<&Value>) -> Reply {
+    let mut all: Vec<(&str, String)> = headers.iter().map(|(k, v)| (*k, v.to_string())).collect();
     if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
+        all.push(("authorization", format!("Bearer {token}")));
+    }
+    if body.is_some() {
+        all.push(("content-type", "application/json".into()));
     }
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    if body.is_some() {
-        request = request.header("content-type", "application/json");
+    let headers: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    send_raw(method, url, &headers, &payload)
+}
+
+/// Sends exactly these headers and these body bytes (a signed webhook, a
+/// malformed body); the answer is checked like any other.
+pub fn send_raw(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
-    let request = request.body(payload).unwrap_or_else(|e| panic!("building {method} {url}: {e}"));
-    let mut response = agent.run(request).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+    let request = request.body(body.to_string()).unwrap_or_else(|e| panic!("building {method} {url}: {e}"));
+    let response = agent().run(request).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    checked(method, url, reply_of(response))
 }
 
 pub fn post(url: &str, token: &str, body: &Value) -> Reply {
