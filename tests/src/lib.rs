@@ -148,3 +148,77 @@ pub fn fresh_purchase_id() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("pur_e2e{nanos}x{}", COUNTER.fetch_add(1, Ordering::SeqCst))
 }
+
+/// A response with its headers and raw text, for protocol-level checks
+/// (byte-for-byte replays, `Idempotent-Replayed`).
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub text: String,
+    pub body: Value,
+}
+
+impl RawReply {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `application/x-www-form-urlencoded`, as Stripe clients send it
+/// (brackets in keys are percent-encoded like any other reserved byte).
+pub fn form_encode(pairs: &[(&str, &str)]) -> String {
+    fn encode(text: &str, out: &mut String) {
+        for byte in text.bytes() {
+            match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(byte as char),
+                b' ' => out.push('+'),
+                _ => out.push_str(&format!("%{byte:02X}")),
+            }
+        }
+    }
+    let mut out = String::new();
+    for (i, (key, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        encode(key, &mut out);
+        out.push('=');
+        encode(value, &mut out);
+    }
+    out
+}
+
+/// Sends `method` to `url` with an optional bearer token, extra headers and
+/// a form body (`None`: no body), and returns the raw reply.
+pub fn send_form(method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str)], form: Option<&[(&str, &str)]>) -> RawReply {
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if form.is_some() {
+        request = request.header("content-type", "application/x-www-form-urlencoded");
+    }
+    let payload = form.map(form_encode).unwrap_or_default();
+    let request = request.body(payload).unwrap_or_else(|e| panic!("building {method} {url}: {e}"));
+    let mut response = agent().run(request).unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+    RawReply { status, headers, text, body }
+}
+
+/// POSTs a form, Stripe style, optionally under an `Idempotency-Key`.
+pub fn post_form(url: &str, token: &str, form: &[(&str, &str)], idempotency_key: Option<&str>) -> RawReply {
+    let headers: Vec<(&str, &str)> = idempotency_key.map(|k| ("idempotency-key", k)).into_iter().collect();
+    send_form("POST", url, Some(token), &headers, Some(form))
+}
