@@ -343,7 +343,7 @@ fn run_confirmation(store: &mut dyn Store, ctx: &mut Ctx<'_>, mut pi: PaymentInt
     }
 }
 
-fn capture(store: &mut dyn Store, ctx: &mut Ctx<'_>, id: &str, mut p: Params) -> Result<Outcome> {
+fn capture(store: &mut dyn Store, _ctx: &mut Ctx<'_>, id: &str, mut p: Params) -> Result<Outcome> {
     let amount_to_capture = p.take_amount("amount_to_capture")?;
     let metadata = p.take_metadata()?;
     p.finish()?;
@@ -381,7 +381,6 @@ fn capture(store: &mut dyn Store, ctx: &mut Ctx<'_>, id: &str, mut p: Params) ->
     let body = pi.to_json();
     let mut outcome = ok(body.clone(), purchase.clone());
     outcome.events.push(event("payment_intent.succeeded", body, &purchase));
-    let _ = ctx;
     Ok(outcome)
 }
 
