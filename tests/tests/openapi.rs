@@ -240,6 +240,8 @@ fn money(value: &str, currency: &str) -> Value {
 fn purchase() -> Value {
     json!({
         "id": "pur_5f1c0a9e2b7d",
+        "object": "purchase",
+        "revision": 4,
         "state": "awaiting_delivery",
         "listing_id": "lst_0c9a6e4d",
         "buyer_id": "buy_42",

@@ -289,3 +289,35 @@ fn bad_checkout_requests_are_refused_and_create_nothing() {
     assert_eq!(not_an_id.status, 404);
     assert_eq!(buyer("pur_doesnotexist", "confirm-delivery").status, 404);
 }
+
+#[test]
+fn an_operator_can_force_a_refund_before_the_payout_but_not_after() {
+    let listing = create_listing(json!({ "price": {"value": "30.00", "currency": "EUR"}, "quantity": 1 }));
+    let id = checkout(&unique("ops-refund"), &order(&listing, "pm_card_visa")).body["id"].as_str().expect("id").to_string();
+    wait_for(&id, "awaiting_delivery", Duration::from_secs(30));
+
+    // The buyer's token is not an operator's.
+    let forbidden = send("POST", &format!("{}/v1/ops/purchases/{id}/refund", payments()), Some(&checkout_token()), None);
+    assert_eq!((forbidden.status, forbidden.body["error"]["code"].as_str()), (403, Some("forbidden")));
+    let seen = send("GET", &format!("{}/v1/ops/purchases/{id}", payments()), Some(&ops_token()), None);
+    assert_eq!((seen.status, seen.body["state"].as_str()), (200, Some("awaiting_delivery")));
+
+    let refunded = operator(&id, "refund", None);
+    assert_eq!(refunded.status, 200, "{:?}", refunded.body);
+    wait_for(&id, "refunded", Duration::from_secs(30));
+    let ledger = ledger(&id);
+    assert_eq!(ledger["transferred"], 0, "{ledger:#}");
+    assert_eq!(ledger["voided"].as_i64().unwrap() + ledger["refunded"].as_i64().unwrap(), 3_000, "{ledger:#}");
+    assert_eq!(listing_available(&listing), 1);
+    // Nothing is pending on a finished purchase.
+    assert_eq!(operator(&id, "retry", None).status, 409);
+
+    let paid = create_listing(json!({ "quantity": 1 }));
+    let paid_id = checkout(&unique("ops-late"), &order(&paid, "pm_card_visa")).body["id"].as_str().expect("id").to_string();
+    wait_for(&paid_id, "awaiting_delivery", Duration::from_secs(30));
+    assert_eq!(buyer(&paid_id, "confirm-delivery").status, 200);
+    wait_for(&paid_id, "completed", Duration::from_secs(30));
+    let late = operator(&paid_id, "refund", None);
+    assert_eq!((late.status, late.body["error"]["code"].as_str()), (409, Some("invalid_state")), "{:?}", late.body);
+    assert_eq!(ledger(&paid_id)["refunded"], 0);
+}
