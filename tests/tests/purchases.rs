@@ -305,9 +305,9 @@ fn an_operator_can_force_a_refund_before_the_payout_but_not_after() {
     let refunded = operator(&id, "refund", None);
     assert_eq!(refunded.status, 200, "{:?}", refunded.body);
     wait_for(&id, "refunded", Duration::from_secs(30));
-    let ledger = ledger(&id);
-    assert_eq!(ledger["transferred"], 0, "{ledger:#}");
-    assert_eq!(ledger["voided"].as_i64().unwrap() + ledger["refunded"].as_i64().unwrap(), 3_000, "{ledger:#}");
+    let money = ledger(&id);
+    assert_eq!(money["transferred"], 0, "{money:#}");
+    assert_eq!(money["voided"].as_i64().unwrap() + money["refunded"].as_i64().unwrap(), 3_000, "{money:#}");
     assert_eq!(listing_available(&listing), 1);
     // Nothing is pending on a finished purchase.
     assert_eq!(operator(&id, "retry", None).status, 409);
