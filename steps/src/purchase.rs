@@ -656,6 +656,9 @@ impl PurchaseSaga {
                     action_word(*action),
                     if *retryable { ", retryable" } else { "" }
                 ),
+                // A webhook that confirms what the HTTP answer already told
+                // the saga is normal, not a problem: say so.
+                InputLabel::Event { kind, outcome } if outcome == "late" => format!("event {kind}: already known, nothing to do"),
                 InputLabel::Event { kind, outcome } => format!("event {kind}: {outcome}"),
                 InputLabel::Timer => "timer".to_string(),
                 InputLabel::Resume => "resumed after a restart".to_string(),
