@@ -65,6 +65,12 @@ pub enum Input {
     /// earlier attempt that timed out may still have taken effect. A lost
     /// answer is not reported: the engine times the attempt out.
     Failed { effect: EffectId, retryable: bool, error: String },
+    /// The attempt ended without telling whether it took effect: a 5xx from
+    /// the provider, a connection dropped after the request was sent. Retried
+    /// under the same key like a retryable failure, but, like a timeout, it
+    /// marks the action as possibly done, so running out of retries leads to
+    /// `needs_attention` instead of a guess.
+    OutcomeUnknown { effect: EffectId, error: String },
     Event(Event),
     /// The alarm fired (at or after [`Definition::poll_timeout`]).
     Timer,
@@ -209,8 +215,13 @@ impl Definition {
                 (o, Some(InputLabel::Succeeded { step: effect.step, action: effect.action, attempt: effect.attempt }))
             }
             Input::Failed { effect, retryable, error } => {
-                let o = self.on_failed(s, &mut cx, effect, retryable, error)?;
+                let o = self.on_failed(s, &mut cx, effect, retryable, error, false)?;
                 let l = InputLabel::Failed { step: effect.step, action: effect.action, attempt: effect.attempt, retryable };
+                (o, Some(l))
+            }
+            Input::OutcomeUnknown { effect, error } => {
+                let o = self.on_failed(s, &mut cx, effect, true, error, true)?;
+                let l = InputLabel::Failed { step: effect.step, action: effect.action, attempt: effect.attempt, retryable: true };
                 (o, Some(l))
             }
             Input::Event(ev) => self.on_event(s, &mut cx, ev)?,
@@ -507,7 +518,7 @@ impl Definition {
         }
     }
 
-    fn forward_failed(&self, s: &mut SagaState, cx: &mut Cx, i: usize, retryable: bool, error: String, timed_out: bool) {
+    fn forward_failed(&self, s: &mut SagaState, cx: &mut Cx, i: usize, retryable: bool, error: String, may_have_happened: bool) {
         let Some(a) = self.forward_def(i) else { return };
         if !retryable {
             return self.forward_definitive_failure(s, cx, i, error);
@@ -520,7 +531,7 @@ impl Definition {
         run.timeout_at = None;
         // Sticky: a later attempt's transient error says nothing about whether
         // an earlier, timed-out attempt took effect under the same key.
-        run.outcome_unknown |= timed_out;
+        run.outcome_unknown |= may_have_happened;
         run.last_error = Some(error.clone());
         let maybe_done = run.outcome_unknown;
         if compensating && !maybe_done && !at_or_after_pivot {
@@ -539,13 +550,13 @@ impl Definition {
         }
     }
 
-    fn compensation_failed(&self, s: &mut SagaState, cx: &mut Cx, i: usize, retryable: bool, error: String, timed_out: bool) {
+    fn compensation_failed(&self, s: &mut SagaState, cx: &mut Cx, i: usize, retryable: bool, error: String, may_have_happened: bool) {
         let Some(a) = self.steps[i].compensation else { return };
         let seed = s.jitter_seed;
         let run = &mut s.steps[i].compensation;
         run.in_flight = false;
         run.timeout_at = None;
-        run.outcome_unknown |= timed_out;
+        run.outcome_unknown |= may_have_happened;
         run.last_error = Some(error.clone());
         if retryable && run.attempts < a.retry.max_attempts {
             let entropy = mix(seed ^ ((i as u64) << 40) ^ (1 << 32) ^ (run.attempts as u64));
@@ -593,7 +604,15 @@ impl Definition {
         }
     }
 
-    fn on_failed(&self, s: &mut SagaState, cx: &mut Cx, e: EffectId, retryable: bool, error: String) -> Result<Outcome, Rejection> {
+    fn on_failed(
+        &self,
+        s: &mut SagaState,
+        cx: &mut Cx,
+        e: EffectId,
+        retryable: bool,
+        error: String,
+        maybe_done: bool,
+    ) -> Result<Outcome, Rejection> {
         self.check_effect(s, e)?;
         let i = e.step as usize;
         let st = &s.steps[i];
@@ -602,11 +621,11 @@ impl Definition {
         let current = |r: &ActionRun| r.in_flight && e.attempt == r.attempts;
         match e.action {
             ActionKind::Forward if st.phase == StepPhase::Running && current(&st.forward) => {
-                self.forward_failed(s, cx, i, retryable, error, false);
+                self.forward_failed(s, cx, i, retryable, error, maybe_done);
                 Ok(Outcome::Applied)
             }
             ActionKind::Compensation if st.phase == StepPhase::Compensating && current(&st.compensation) => {
-                self.compensation_failed(s, cx, i, retryable, error, false);
+                self.compensation_failed(s, cx, i, retryable, error, maybe_done);
                 Ok(Outcome::Applied)
             }
             _ => Ok(Outcome::Ignored(Ignored::Stale)),

@@ -117,6 +117,35 @@ fn exhausted_definitive_retries_compensate() {
 }
 
 #[test]
+fn unknown_outcomes_exhausted_need_attention_never_a_guess() {
+    // A 5xx may have moved money: after the last retry the saga must not
+    // compensate as if the step never happened.
+    let d = def();
+    let (mut s, a) = started(&d);
+    let mut b = one(&d.handle(&mut s, t(10), ok(&a)).unwrap());
+    let mut now = 10;
+    loop {
+        now += 10;
+        let tr = d.handle(&mut s, t(now), Input::OutcomeUnknown { effect: b.id, error: "503".into() }).unwrap();
+        assert_ne!(s.status(), Status::Compensating, "compensated after an unknown outcome");
+        if s.status() == Status::NeedsAttention {
+            assert!(tr.effects.is_empty());
+            break;
+        }
+        now = tr.wake_at.unwrap().0;
+        b = one(&d.handle(&mut s, t(now), Input::Timer).unwrap());
+        assert_eq!(b.key, "s1:b:do_b", "every retry under the same key");
+        assert!(b.id.attempt <= 3);
+    }
+    assert_eq!(s.attention().map(|a| a.step_name.as_ref()), Some("b"));
+    // A definitive answer (say the provider's replay of the key) resolves it.
+    let tr = d.handle(&mut s, t(now + 1), Input::Operator(OperatorCommand::RetryNow)).unwrap();
+    let retry = one(&tr);
+    d.handle(&mut s, t(now + 2), ok(&retry)).unwrap();
+    assert_eq!(s.step("b").unwrap().phase, StepPhase::Succeeded);
+}
+
+#[test]
 fn timeouts_exhausted_need_attention_and_a_late_success_resumes() {
     let d = def();
     let (mut s, a) = started(&d);

@@ -40,10 +40,12 @@ fn to_input(d: &Definition, s: &SagaState, now: &mut u64, st: &Step) -> Input {
             if *stale_attempt {
                 id.attempt = id.attempt.saturating_sub(1);
             }
-            if *success {
-                Input::Succeeded { effect: id, output: None }
-            } else {
-                Input::Failed { effect: id, retryable: *retryable, error: "x".into() }
+            // Failures split three ways: definitive, retryable, and unknown
+            // (the provider's 5xx), picked by `retryable` and the attempt's parity.
+            match (*success, *retryable, id.attempt % 2 == 0) {
+                (true, _, _) => Input::Succeeded { effect: id, output: None },
+                (false, true, true) => Input::OutcomeUnknown { effect: id, error: "503".into() },
+                (false, retryable, _) => Input::Failed { effect: id, retryable, error: "x".into() },
             }
         }
         Step::Event { id, kind } => {

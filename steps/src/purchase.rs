@@ -228,6 +228,9 @@ pub enum PurchaseOperatorCommand {
 pub enum PurchaseInput {
     EffectSucceeded { effect: EffectId, output: Option<String> },
     EffectFailed { effect: EffectId, retryable: bool, error: String },
+    /// The call may or may not have taken effect (a 5xx, a dropped
+    /// connection): retried under the same key, never assumed undone.
+    EffectOutcomeUnknown { effect: EffectId, error: String },
     Stripe(StripeEvent),
     Buyer(BuyerCommand),
     Operator(PurchaseOperatorCommand),
@@ -469,6 +472,7 @@ impl PurchaseSaga {
         let engine_input = match input {
             PurchaseInput::EffectSucceeded { effect, output } => Input::Succeeded { effect, output },
             PurchaseInput::EffectFailed { effect, retryable, error } => Input::Failed { effect, retryable, error },
+            PurchaseInput::EffectOutcomeUnknown { effect, error } => Input::OutcomeUnknown { effect, error },
             PurchaseInput::Stripe(e) => {
                 Input::Event(Event { id: e.id, kind: e.kind.as_str().to_string(), output: e.object_id })
             }

@@ -46,7 +46,9 @@ impl Performer<'_> {
             // Out of stock, an unknown listing, a reservation in another state:
             // asking again under the same purchase id gives the same answer.
             404 | 409 | 422 => Err(CallError::Permanent(describe("marketplace", status, &body))),
-            _ => Err(CallError::Retryable(describe("marketplace", status, &body))),
+            // A 5xx may come after the reservation committed; the call is
+            // idempotent by purchase id, so the retry will tell.
+            _ => Err(CallError::Unknown(describe("marketplace", status, &body))),
         }
     }
 }
@@ -77,9 +79,9 @@ pub async fn marketplace_call(env: &Env, method: Method, path: &str, body: Optio
     let mut response = service
         .fetch_request(request)
         .await
-        .map_err(|e| CallError::Retryable(format!("marketplace unreachable: {e}")))?;
+        .map_err(|e| CallError::Unknown(format!("marketplace unreachable: {e}")))?;
     let status = response.status_code();
-    let text = response.text().await.map_err(|e| CallError::Retryable(format!("unreadable marketplace answer: {e}")))?;
+    let text = response.text().await.map_err(|e| CallError::Unknown(format!("unreadable marketplace answer: {e}")))?;
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 

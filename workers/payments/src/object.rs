@@ -253,7 +253,7 @@ impl PurchaseObject {
             Ok(ListingLookup::Missing) => {
                 return Err(ApiError::invalid("unknown_listing", format!("listing {} does not exist", request.listing_id)))
             }
-            Err(CallError::Retryable(m) | CallError::Permanent(m)) => {
+            Err(CallError::Retryable(m) | CallError::Permanent(m) | CallError::Unknown(m)) => {
                 return Err(ApiError::unavailable("marketplace_unavailable", format!("could not read the listing: {m}")))
             }
         };
@@ -417,6 +417,7 @@ impl PurchaseObject {
                 Err(CallError::Permanent(error)) => {
                     PurchaseInput::EffectFailed { effect: effect.id, retryable: false, error: error.clone() }
                 }
+                Err(CallError::Unknown(error)) => PurchaseInput::EffectOutcomeUnknown { effect: effect.id, error: error.clone() },
             };
             if let Err(e) = &result {
                 self.log(Level::Warn, "effect failed", json!({ "key": effect.idempotency_key, "error": format!("{e:?}") }));

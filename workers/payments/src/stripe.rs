@@ -14,9 +14,13 @@ use worker::{Fetch, Headers, Method, Request, RequestInit};
 /// How a call ended, in the terms the saga needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
-    /// Worth retrying under the same idempotency key: network trouble, 5xx,
-    /// 429 rate limiting, 409 idempotency-key-in-use.
+    /// Certainly not executed, worth retrying under the same key: 429 rate
+    /// limiting, a request that could not be built or sent.
     Retryable(String),
+    /// May or may not have been executed: a 5xx, a connection lost after the
+    /// request went out, 409 (another request with this key is in flight).
+    /// Retried under the same key; the saga never assumes it did nothing.
+    Unknown(String),
     /// Retrying cannot help: a declined card, an invalid request.
     Permanent(String),
 }
@@ -100,14 +104,15 @@ pub fn classify(status: u16, body: &str) -> Result<String, CallError> {
         return json["id"]
             .as_str()
             .map(String::from)
-            .ok_or_else(|| CallError::Retryable(format!("Stripe answered {status} without an object id")));
+            .ok_or_else(|| CallError::Unknown(format!("Stripe answered {status} without an object id")));
     }
     let error = &json["error"];
     let code = error["code"].as_str().or_else(|| error["type"].as_str()).unwrap_or("unknown");
     let message = error["message"].as_str().unwrap_or("no message");
     let text = format!("stripe {status} {code}: {message}");
     match status {
-        409 | 429 | 500..=599 => Err(CallError::Retryable(text)),
+        429 => Err(CallError::Retryable(text)),
+        409 | 500..=599 => Err(CallError::Unknown(text)),
         _ => Err(CallError::Permanent(text)),
     }
 }
@@ -154,9 +159,9 @@ impl StripeClient {
         }
         let url = format!("{}{}", self.api_base.trim_end_matches('/'), path);
         let request = Request::new_with_init(&url, &init).map_err(|e| CallError::Permanent(format!("bad request to {url}: {e}")))?;
-        let mut response = Fetch::Request(request).send().await.map_err(|e| CallError::Retryable(format!("network error calling Stripe: {e}")))?;
+        let mut response = Fetch::Request(request).send().await.map_err(|e| CallError::Unknown(format!("network error calling Stripe: {e}")))?;
         let status = response.status_code();
-        let body = response.text().await.map_err(|e| CallError::Retryable(format!("unreadable Stripe response: {e}")))?;
+        let body = response.text().await.map_err(|e| CallError::Unknown(format!("unreadable Stripe response: {e}")))?;
         classify_call(call, status, &body)
     }
 }
@@ -195,11 +200,12 @@ mod tests {
         assert_eq!(classify(200, r#"{"id": "pi_123", "object": "payment_intent"}"#), Ok("pi_123".into()));
         let declined = r#"{"error": {"type": "card_error", "code": "card_declined", "message": "Your card was declined."}}"#;
         assert!(matches!(classify(402, declined), Err(CallError::Permanent(m)) if m.contains("card_declined")));
-        assert!(matches!(classify(500, "oops"), Err(CallError::Retryable(_))));
+        assert!(matches!(classify(500, "oops"), Err(CallError::Unknown(_))));
+        assert!(matches!(classify(503, "{}"), Err(CallError::Unknown(_))));
         assert!(matches!(classify(429, "{}"), Err(CallError::Retryable(_))));
-        assert!(matches!(classify(409, "{}"), Err(CallError::Retryable(_))));
+        assert!(matches!(classify(409, "{}"), Err(CallError::Unknown(_))));
         assert!(matches!(classify(400, r#"{"error": {"type": "idempotency_error"}}"#), Err(CallError::Permanent(_))));
-        assert!(matches!(classify(200, "{}"), Err(CallError::Retryable(_))));
+        assert!(matches!(classify(200, "{}"), Err(CallError::Unknown(_))));
     }
 
     #[test]
