@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         "build" => build(rest),
         "simulate" => simulate::main(rest),
         "demo" => demo::main(rest),
+        "drill" => drill(rest),
         "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -62,7 +63,8 @@ fn print_help() {
          test [--fresh-tools]            every test: native unit/property tests, then end-to-end on a throw-away stack\n  \
          build                           build the four Workers (Rust -> Wasm) into workers/<name>/build\n  \
          simulate --sagas N --seed S     deterministic simulation of purchase sagas with injected faults\n  \
-         demo                            one complete purchase against the running dev stack, printed as a timeline\n\n\
+         demo                            one complete purchase against the running dev stack, printed as a timeline\n  \
+         drill <name>|all                a reliability drill on a throw-away stack: chaos, last-unit, one-purchase, hostile, needs-attention\n\n\
          Flags:\n  \
          --fresh        start the dev stack from empty state (PostgreSQL, Durable Objects, KV)\n  \
          --fresh-tools  reinstall the cached tools (worker-build, wasm-bindgen, PostgreSQL)\n"
@@ -145,8 +147,20 @@ fn test(args: &[String]) -> Result<()> {
     step.done();
 
     let step = ui::step("end-to-end tests against the running stack");
+    let status = e2e_command(&stack, &secrets, &[]).status();
+    stack.supervisor.stop_all();
+    drop(step);
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => bail!("end-to-end tests failed ({s}); service logs are in {}", Profile::Test.dir().join("logs").display()),
+        Err(e) => bail!("could not run the end-to-end tests: {e}"),
+    }
+}
+
+/// `cargo test -p e2e <args>` pointed at a running stack.
+fn e2e_command(stack: &stack::Stack, secrets: &Secrets, args: &[&str]) -> Command {
     let mut e2e = Command::new("cargo");
-    e2e.args(["test", "-p", "e2e"]).current_dir(paths::root());
+    e2e.args(["test", "-p", "e2e"]).args(args).current_dir(paths::root());
     for worker in workers::WORKERS {
         e2e.env(format!("E2E_{}_URL", worker.to_uppercase().replace('-', "_")), stack.url(worker));
     }
@@ -154,12 +168,51 @@ fn test(args: &[String]) -> Result<()> {
     for (name, value) in &secrets.0 {
         e2e.env(format!("E2E_{name}"), value);
     }
-    let status = e2e.status();
+    e2e
+}
+
+/// The reliability drills of tests/tests/drills.rs, by short name.
+const DRILLS: &[(&str, &str)] = &[
+    ("chaos", "chaos"),
+    ("last-unit", "race_for_the_last_unit"),
+    ("one-purchase", "races_on_one_purchase"),
+    ("hostile", "hostile_input"),
+    ("needs-attention", "exhausted_retries_need_attention_and_resume"),
+];
+
+/// `cargo xtask drill <name>|all`: one drill on a throw-away test stack, with
+/// its report printed.
+fn drill(args: &[String]) -> Result<()> {
+    let names: Vec<&str> = DRILLS.iter().map(|(n, _)| *n).collect();
+    let test = match args {
+        [name] if name == "all" => None,
+        [name] => Some(
+            DRILLS
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| *t)
+                .ok_or_else(|| anyhow::anyhow!("unknown drill `{name}`; drills: {}, all", names.join(", ")))?,
+        ),
+        _ => bail!("usage: cargo xtask drill <{}|all>", names.join("|")),
+    };
+    install_stop_handler()?;
+    let tools = tools::ensure(false, Profile::Test.database_url_override().is_none())?;
+    workers::build_all(&tools)?;
+    let secrets = Secrets::from_env();
+    let step = ui::step("starting a throw-away stack (test ports, .local/test)");
+    let mut stack = stack::start(Profile::Test, &tools, true, &secrets)?;
+    step.done();
+    let mut args = vec!["--test", "drills"];
+    if let Some(test) = test {
+        args.extend(["--", "--exact", test, "--nocapture"]);
+    } else {
+        args.extend(["--", "--nocapture", "--test-threads=1"]);
+    }
+    let status = e2e_command(&stack, &secrets, &args).status();
     stack.supervisor.stop_all();
-    drop(step);
     match status {
         Ok(s) if s.success() => Ok(()),
-        Ok(s) => bail!("end-to-end tests failed ({s}); service logs are in {}", Profile::Test.dir().join("logs").display()),
-        Err(e) => bail!("could not run the end-to-end tests: {e}"),
+        Ok(s) => bail!("the drill failed ({s}); service logs are in {}", Profile::Test.dir().join("logs").display()),
+        Err(e) => bail!("could not run the drill: {e}"),
     }
 }

@@ -152,9 +152,11 @@ impl Secrets {
 pub const TEST_SAGA_TIMINGS: &[(&str, &str)] = &[
     ("INSPECTION_WINDOW_SECONDS", "8"),
     ("CALL_TIMEOUT_SECONDS", "5"),
-    ("MARKETPLACE_RETRY", "max_attempts=5 initial_delay_ms=200 multiplier=2 max_delay_ms=2000 jitter=0.2"),
-    ("PAYMENT_RETRY", "max_attempts=5 initial_delay_ms=200 multiplier=2 max_delay_ms=2000 jitter=0.2"),
-    ("COMPENSATION_RETRY", "max_attempts=6 initial_delay_ms=200 multiplier=2 max_delay_ms=2000 jitter=0.2"),
+    // Eight attempts: the chaos drill fails 20% of provider calls, and a
+    // purchase must not run out of retries by bad luck (0.2^8 per call).
+    ("MARKETPLACE_RETRY", "max_attempts=8 initial_delay_ms=200 multiplier=2 max_delay_ms=2000 jitter=0.2"),
+    ("PAYMENT_RETRY", "max_attempts=8 initial_delay_ms=200 multiplier=2 max_delay_ms=2000 jitter=0.2"),
+    ("COMPENSATION_RETRY", "max_attempts=8 initial_delay_ms=200 multiplier=2 max_delay_ms=2000 jitter=0.2"),
 ];
 
 pub struct Stack {

@@ -112,9 +112,18 @@ async fn handle(mut req: Request, env: Env) -> Result<Response, ApiError> {
             }
             to_object(&env, &id, message).await
         }
-        (_, ["healthz"] | ["v1", "purchases", ..] | ["v1", "webhooks", "stripe"] | ["v1", "ops", "purchases", ..]) => {
-            Err(ApiError::method_not_allowed(&method.to_string(), &req.path()))
-        }
+        // Known resources with another method: 405. Anything else: 404.
+        (
+            _,
+            ["healthz"]
+            | ["v1", "purchases"]
+            | ["v1", "purchases", _]
+            | ["v1", "purchases", _, "confirm-delivery" | "dispute" | "cancel"]
+            | ["v1", "webhooks", "stripe"]
+            | ["v1", "ops", "purchases"]
+            | ["v1", "ops", "purchases", _]
+            | ["v1", "ops", "purchases", _, "retry" | "refund" | "resolve"],
+        ) => Err(ApiError::method_not_allowed(&method.to_string(), &req.path())),
         _ => Err(ApiError::not_found(format!("no route for {} {}", method, req.path()))),
     }
 }
