@@ -2,7 +2,8 @@
 
 use crate::money::{Currency, Money, MoneyError};
 use orchestrator::{
-    ActionDef, ActionKind, Definition, DefinitionError, EffectId, Event, EventRule, Input, InputLabel, Millis, OperatorCommand,
+    ActionDef, ActionKind, Definition, DefinitionError, EffectId, Event, EventRule, Ignored, Input, InputLabel, Millis,
+    OperatorCommand,
     Outcome, Position, Reaction, Rejection, Resolution, RetryPolicy, SagaState, StateError, Status, StepDef, StepPhase,
     Timestamp, WaitDef,
 };
@@ -156,7 +157,15 @@ pub struct Order {
 pub struct Purchase {
     pub order: Order,
     pub saga: SagaState,
+    /// Request ids of buyer cancellations already applied (a cancel becomes
+    /// an engine command, which carries no id of its own), so a client that
+    /// retries a cancel whose answer it lost gets the first answer again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cancel_requests: Vec<String>,
 }
+
+/// How many cancel request ids a purchase remembers.
+const CANCEL_REQUESTS_LIMIT: usize = 16;
 
 /// Stripe webhook types the saga understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -451,7 +460,7 @@ impl PurchaseSaga {
             fee: split.fee,
             payout: split.payout,
         };
-        let mut p = Purchase { saga: self.def.new_saga(order.purchase_id.clone()), order };
+        let mut p = Purchase { saga: self.def.new_saga(order.purchase_id.clone()), order, cancel_requests: Vec::new() };
         let tr = self.engine(&mut p, now, Input::Start { jitter_seed })?;
         Ok((p, tr))
     }
@@ -465,7 +474,8 @@ impl PurchaseSaga {
         let saga_json = v.get("saga").map(|s| s.to_string()).unwrap_or_default();
         let saga = SagaState::from_json(&saga_json)?;
         self.def.check(&saga)?;
-        Ok(Purchase { order, saga })
+        let cancel_requests = serde_json::from_value(v.get("cancel_requests").cloned().unwrap_or_default()).unwrap_or_default();
+        Ok(Purchase { order, saga, cancel_requests })
     }
 
     pub fn handle(&self, p: &mut Purchase, now: Timestamp, input: PurchaseInput) -> Result<PurchaseTransition, PurchaseError> {
@@ -478,6 +488,23 @@ impl PurchaseSaga {
             }
             PurchaseInput::Timer => Input::Timer,
             PurchaseInput::Resume => Input::Resume,
+            PurchaseInput::Buyer(BuyerCommand::Cancel { request_id }) if p.cancel_requests.contains(&request_id) => {
+                return Ok(PurchaseTransition {
+                    outcome: Outcome::Ignored(Ignored::Duplicate),
+                    state: self.state(p),
+                    effects: Vec::new(),
+                    wake_at: self.poll_timeout(p),
+                });
+            }
+            PurchaseInput::Buyer(BuyerCommand::Cancel { request_id }) => {
+                let input = self.buyer_input(p, BuyerCommand::Cancel { request_id: request_id.clone() })?;
+                let tr = self.engine(p, now, input)?;
+                if p.cancel_requests.len() >= CANCEL_REQUESTS_LIMIT {
+                    p.cancel_requests.remove(0);
+                }
+                p.cancel_requests.push(request_id);
+                return Ok(tr);
+            }
             PurchaseInput::Buyer(cmd) => self.buyer_input(p, cmd)?,
             PurchaseInput::Operator(cmd) => {
                 let state = self.state(p);

@@ -287,7 +287,7 @@ impl<'a> World<'a> {
                 payout: total,
             };
             // Placeholder until Start: the real purchase is built by `start`.
-            let p = Purchase { saga: saga.definition().new_saga(order.purchase_id.clone()), order };
+            let p = Purchase { saga: saga.definition().new_saga(order.purchase_id.clone()), order, cancel_requests: Vec::new() };
             w.shells.push(Shell {
                 live: p.clone(),
                 persisted: p,

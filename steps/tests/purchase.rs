@@ -139,6 +139,14 @@ fn buyer_cancel_while_awaiting_delivery_voids_the_hold_and_ends_refunded() {
     let tr = s.handle(&mut p, Timestamp(5), PurchaseInput::EffectSucceeded { effect: release.id, output: None }).unwrap();
     assert_eq!(tr.state, PurchaseState::Refunded);
     assert!(tr.effects.is_empty());
+    // The buyer's client lost the answer and retries the same request: the
+    // first answer again, not a 409; a new cancel request is refused.
+    let again = s.handle(&mut p, Timestamp(6), PurchaseInput::Buyer(BuyerCommand::Cancel { request_id: "c".into() })).unwrap();
+    assert_eq!((again.state, again.effects.len()), (PurchaseState::Refunded, 0));
+    let reloaded = s.load(&serde_json::to_string(&p).unwrap()).unwrap();
+    assert_eq!(reloaded, p, "cancel request ids survive a restart");
+    let other = s.handle(&mut p, Timestamp(7), PurchaseInput::Buyer(BuyerCommand::Cancel { request_id: "c2".into() }));
+    assert_eq!(other.unwrap_err().http_status(), 409);
     let history = s.history_views(&p);
     assert_eq!(history.last().map(|h| h.to), Some(PurchaseState::Refunded));
     assert!(history.iter().any(|h| h.from == PurchaseState::AwaitingDelivery && h.to == PurchaseState::Compensating));

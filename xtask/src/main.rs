@@ -1,5 +1,6 @@
 //! Project automation, run as `cargo xtask <task>`. Run `cargo xtask help`.
 
+mod crash;
 mod demo;
 mod paths;
 mod postgres;
@@ -64,7 +65,7 @@ fn print_help() {
          build                           build the four Workers (Rust -> Wasm) into workers/<name>/build\n  \
          simulate --sagas N --seed S     deterministic simulation of purchase sagas with injected faults\n  \
          demo                            one complete purchase against the running dev stack, printed as a timeline\n  \
-         drill <name>|all                a reliability drill on a throw-away stack: chaos, last-unit, one-purchase, hostile, needs-attention\n\n\
+         drill <name>|all                a reliability drill on a throw-away stack: chaos, last-unit, one-purchase, hostile, needs-attention, crash\n\n\
          Flags:\n  \
          --fresh        start the dev stack from empty state (PostgreSQL, Durable Objects, KV)\n  \
          --fresh-tools  reinstall the cached tools (worker-build, wasm-bindgen, PostgreSQL)\n"
@@ -183,7 +184,17 @@ const DRILLS: &[(&str, &str)] = &[
 /// `cargo xtask drill <name>|all`: one drill on a throw-away test stack, with
 /// its report printed.
 fn drill(args: &[String]) -> Result<()> {
-    let names: Vec<&str> = DRILLS.iter().map(|(n, _)| *n).collect();
+    let mut names: Vec<&str> = DRILLS.iter().map(|(n, _)| *n).collect();
+    names.push("crash");
+    if let [name] = args {
+        if name == "crash" {
+            // Kills and restarts processes, so it is driven from here, not from a test.
+            install_stop_handler()?;
+            let tools = tools::ensure(false, Profile::Test.database_url_override().is_none())?;
+            workers::build_all(&tools)?;
+            return crash::run(&tools);
+        }
+    }
     let test = match args {
         [name] if name == "all" => None,
         [name] => Some(

@@ -139,6 +139,21 @@ impl Supervisor {
         None
     }
 
+    /// SIGKILLs one child's whole process group at once (no chance to shut
+    /// down cleanly) and forgets it.
+    pub fn kill_hard(&mut self, name: &str) -> Result<()> {
+        let index = self.children.iter().position(|m| m.name == name).with_context(|| format!("no running service {name}"))?;
+        let mut managed = self.children.remove(index);
+        let pgid = managed.child.id() as i32;
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !processes_in_group(pgid).is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = managed.child.wait();
+        Ok(())
+    }
+
     pub fn is_running(&mut self, name: &str) -> bool {
         self.children
             .iter_mut()

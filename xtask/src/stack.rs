@@ -163,11 +163,44 @@ pub struct Stack {
     pub ports: Ports,
     pub database_url: String,
     pub supervisor: Supervisor,
+    launches: Vec<Launch>,
+    state: PathBuf,
+    registry: PathBuf,
+    logs: PathBuf,
+    output: Output,
+}
+
+/// How a Worker was started, so a crash drill can start it again the same way.
+struct Launch {
+    worker: &'static str,
+    index: u16,
+    vars: Vec<(String, String)>,
 }
 
 impl Stack {
     pub fn url(&self, worker: &str) -> String {
         format!("http://127.0.0.1:{}", self.ports.of(worker))
+    }
+
+    /// SIGKILLs a Worker's wrangler and workerd (a crash, not a shutdown),
+    /// then starts it again on the same persisted state and waits until it
+    /// answers. For the crash drill.
+    pub fn crash_and_restart(&mut self, tools: &Tools, worker: &str, down_for: Duration) -> Result<()> {
+        self.supervisor.kill_hard(worker)?;
+        std::thread::sleep(down_for);
+        let launch = self.launches.iter().find(|l| l.worker == worker).with_context(|| format!("{worker} was never started"))?;
+        let serve = Serve {
+            worker: launch.worker,
+            port: self.ports.of(worker),
+            inspector_port: self.ports.inspector_base + launch.index,
+            state_dir: &self.state,
+            registry_dir: &self.registry,
+            vars: &launch.vars,
+        };
+        let command = workers::wrangler_dev(tools, &serve);
+        self.supervisor.spawn_contained(worker, command, &self.logs.join(format!("{worker}.log")), self.output, libc::SIGTERM)?;
+        let logs = self.logs.clone();
+        wait_healthy(self, worker, &logs)
     }
 }
 
@@ -210,6 +243,7 @@ pub fn start(profile: Profile, tools: &Tools, fresh: bool, secrets: &Secrets) ->
     let state = dir.join("state");
     fs::create_dir_all(&registry)?;
     let output = if profile == Profile::Dev { Output::LogFileAndTerminal } else { Output::LogFile };
+    let mut launches = Vec::new();
     for (i, worker) in WORKERS.iter().enumerate() {
         let mut vars: Vec<(String, String)> = secrets.0.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
         if workers::uses_postgres(worker) {
@@ -230,8 +264,9 @@ pub fn start(profile: Profile, tools: &Tools, fresh: bool, secrets: &Secrets) ->
         };
         let command = workers::wrangler_dev(tools, &serve);
         supervisor.spawn_contained(worker, command, &logs.join(format!("{worker}.log")), output, libc::SIGTERM)?;
+        launches.push(Launch { worker, index: i as u16, vars });
     }
-    let mut stack = Stack { ports, database_url, supervisor };
+    let mut stack = Stack { ports, database_url, supervisor, launches, state, registry, logs: logs.clone(), output };
     for worker in WORKERS {
         let step = ui::step(format!("waiting for {worker} on {}", stack.url(worker)));
         wait_healthy(&mut stack, worker, &logs)?;
