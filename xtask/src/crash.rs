@@ -218,6 +218,9 @@ fn drive(client: &Client, stack: &mut Stack, tools: &Tools) -> Result<()> {
         let started = Instant::now();
         while kills.len() < MIN_KILLS || (kills.len() < 8 && !workers.iter().all(|w| w.is_finished())) {
             thread::sleep(Duration::from_millis(700 + next() % 2300));
+            if crate::interrupted() {
+                bail!("interrupted");
+            }
             let in_flight = PURCHASES - results.lock().map(|r| r.len()).unwrap_or(0);
             let down = Duration::from_millis(200 + next() % 1500);
             stack.crash_and_restart(tools, "payments", down)?;

@@ -14,7 +14,7 @@ mod workers;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use stack::{Profile, Secrets};
 
@@ -140,6 +140,12 @@ fn test(args: &[String]) -> Result<()> {
         Command::new("cargo").args(["test", "-p", "e2e", "--no-run"]).current_dir(paths::root()),
         "see the compiler output above",
     )?;
+    step.done();
+
+    // The crash drill kills and restarts workerd, so it runs on a stack of
+    // its own, first; it is a regression test like any other.
+    let step = ui::step("crash drill: SIGKILL the payments Worker under load, restart it, check every saga");
+    crash::run(&tools).context("the crash drill failed")?;
     step.done();
 
     let secrets = Secrets::from_env();
