@@ -4,6 +4,7 @@
 //! retryable or definitive.
 
 use serde_json::{json, Value};
+use sha2::Digest;
 use steps::{Call, Money, PurchaseEffect};
 use worker::{Env, Headers, Method, Request, RequestInit};
 
@@ -18,6 +19,9 @@ pub struct Performer<'a> {
 
 impl Performer<'_> {
     pub async fn perform(&self, effect: &PurchaseEffect) -> Result<Option<String>, CallError> {
+        if engine_bench_mode(self.env) {
+            return Ok(bench_output(effect));
+        }
         match &effect.call {
             Call::ReserveListing { listing_id, units, purchase_id } => {
                 let body = json!({ "purchase_id": purchase_id, "listing_id": listing_id, "quantity": units });
@@ -51,6 +55,26 @@ impl Performer<'_> {
             _ => Err(CallError::Unknown(describe("marketplace", status, &body))),
         }
     }
+}
+
+/// `SAGA_EFFECTS = "inline"`: a benchmark configuration (never production)
+/// in which every marketplace and payment effect succeeds at once inside the
+/// Worker, so a benchmark measures the saga machinery alone: the Durable
+/// Object, its storage writes and alarms, and the engine.
+pub fn engine_bench_mode(env: &Env) -> bool {
+    crate::config_var(env, "SAGA_EFFECTS").as_deref() == Some("inline")
+}
+
+/// What the provider would have answered: an object id for payment calls.
+fn bench_output(effect: &PurchaseEffect) -> Option<String> {
+    let prefix = match effect.call {
+        Call::ReserveListing { .. } | Call::ReleaseListing { .. } | Call::MarkListingSold { .. } => return None,
+        Call::TransferToSeller { .. } => "tr",
+        Call::RefundPaymentIntent { .. } => "re",
+        _ => "pi",
+    };
+    let digest = sha2::Sha256::digest(effect.idempotency_key.as_bytes());
+    Some(format!("{prefix}_bench{}", &hex::encode(digest)[..16]))
 }
 
 fn describe(service: &str, status: u16, body: &Value) -> String {
@@ -99,6 +123,15 @@ pub enum ListingLookup {
 }
 
 pub async fn listing(env: &Env, listing_id: &str) -> Result<ListingLookup, CallError> {
+    if engine_bench_mode(env) {
+        // Any well-formed listing id is a 10.00 EUR item of one seller.
+        return Ok(ListingLookup::Found(ListingFacts {
+            seller_id: "sel_bench".into(),
+            seller_account: "acct_bench".into(),
+            price: Money::from_minor(1_000, steps::Currency::EUR).map_err(|e| CallError::Permanent(e.to_string()))?,
+            active: true,
+        }));
+    }
     let (status, body) = marketplace_call(env, Method::Get, &format!("/v1/listings/{listing_id}"), None).await?;
     match status {
         200 => {
