@@ -1,5 +1,6 @@
 //! Project automation, run as `cargo xtask <task>`. Run `cargo xtask help`.
 
+mod bench_saga;
 mod crash;
 mod demo;
 mod paths;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         "simulate" => simulate::main(rest),
         "demo" => demo::main(rest),
         "drill" => drill(rest),
+        "bench" => bench(rest),
         "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -65,7 +67,8 @@ fn print_help() {
          build                           build the four Workers (Rust -> Wasm) into workers/<name>/build\n  \
          simulate --sagas N --seed S     deterministic simulation of purchase sagas with injected faults\n  \
          demo                            one complete purchase against the running dev stack, printed as a timeline\n  \
-         drill <name>|all                a reliability drill on a throw-away stack: chaos, last-unit, one-purchase, hostile, needs-attention, crash\n\n\
+         drill <name>|all                a reliability drill on a throw-away stack: chaos, last-unit, one-purchase, hostile, needs-attention, crash\n  \
+         bench saga [--sagas N] [--concurrency C]  the purchase saga against Restate and Cloudflare Workflows (docs/benchmarks.md)\n\n\
          Flags:\n  \
          --fresh        start the dev stack from empty state (PostgreSQL, Durable Objects, KV)\n  \
          --fresh-tools  reinstall the cached tools (worker-build, wasm-bindgen, PostgreSQL)\n"
@@ -231,5 +234,16 @@ fn drill(args: &[String]) -> Result<()> {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => bail!("the drill failed ({s}); service logs are in {}", Profile::Test.dir().join("logs").display()),
         Err(e) => bail!("could not run the drill: {e}"),
+    }
+}
+
+/// `cargo xtask bench <what>`: benchmarks (docs/benchmarks.md).
+fn bench(args: &[String]) -> Result<()> {
+    match args.split_first() {
+        Some((what, rest)) if what == "saga" => {
+            install_stop_handler()?;
+            bench_saga::main(rest)
+        }
+        _ => bail!("usage: cargo xtask bench saga [--sagas N] [--concurrency C]"),
     }
 }

@@ -202,6 +202,14 @@ impl Stack {
         let logs = self.logs.clone();
         wait_healthy(self, worker, &logs)
     }
+
+    /// Restarts a Worker on the same state with extra vars (later ones win),
+    /// e.g. `SAGA_EFFECTS=inline` for `cargo xtask bench saga`.
+    pub fn restart_with_vars(&mut self, tools: &Tools, worker: &str, vars: &[(&str, &str)]) -> Result<()> {
+        let launch = self.launches.iter_mut().find(|l| l.worker == worker).with_context(|| format!("{worker} was never started"))?;
+        launch.vars.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.crash_and_restart(tools, worker, Duration::ZERO)
+    }
 }
 
 /// Starts PostgreSQL (unless `DATABASE_URL` points elsewhere) and every
