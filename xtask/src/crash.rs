@@ -63,10 +63,12 @@ impl Client {
                 request = request.header("content-type", "application/json");
             }
             let payload = body.map(|b| b.to_string()).unwrap_or_default();
-            let answer = request.body(payload).ok().and_then(|r| self.agent.run(r).ok()).map(|mut response| {
+            // A crash can cut an answer off after its status line: only a
+            // whole JSON body counts as an answer; anything less is retried.
+            let answer = request.body(payload).ok().and_then(|r| self.agent.run(r).ok()).and_then(|mut response| {
                 let status = response.status().as_u16();
-                let text = response.body_mut().read_to_string().unwrap_or_default();
-                (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+                let text = response.body_mut().read_to_string().ok()?;
+                Some((status, serde_json::from_str::<Value>(&text).ok()?))
             });
             match answer {
                 Some((status, body)) if status < 500 => return (status, body),
