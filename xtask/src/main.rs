@@ -1,5 +1,6 @@
 //! Project automation, run as `cargo xtask <task>`. Run `cargo xtask help`.
 
+mod bench_ads;
 mod bench_saga;
 mod crash;
 mod demo;
@@ -68,7 +69,8 @@ fn print_help() {
          simulate --sagas N --seed S     deterministic simulation of purchase sagas with injected faults\n  \
          demo                            one complete purchase against the running dev stack, printed as a timeline\n  \
          drill <name>|all                a reliability drill on a throw-away stack: chaos, last-unit, one-purchase, hostile, needs-attention, crash\n  \
-         bench saga [--sagas N] [--concurrency C]  the purchase saga against Restate and Cloudflare Workflows (docs/benchmarks.md)\n\n\
+         bench saga [--sagas N] [--concurrency C]  the purchase saga against Restate and Cloudflare Workflows (docs/benchmarks.md)\n  \
+         bench ads [--url URL] [--seconds N]       10,000 campaigns into the running ads Worker, then p50/p99 and req/s of GET /v1/ads\n\n\
          Flags:\n  \
          --fresh        start the dev stack from empty state (PostgreSQL, Durable Objects, KV)\n  \
          --fresh-tools  reinstall the cached tools (worker-build, wasm-bindgen, PostgreSQL)\n"
@@ -244,6 +246,7 @@ fn bench(args: &[String]) -> Result<()> {
             install_stop_handler()?;
             bench_saga::main(rest)
         }
-        _ => bail!("usage: cargo xtask bench saga [--sagas N] [--concurrency C]"),
+        Some((what, _)) if what == "ads" => bench_ads::main(args),
+        _ => bail!("usage: cargo xtask bench saga [--sagas N] [--concurrency C] | bench ads [--url URL] [--seconds N] [--connections C]"),
     }
 }

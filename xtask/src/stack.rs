@@ -260,6 +260,15 @@ pub fn start(profile: Profile, tools: &Tools, fresh: bool, secrets: &Secrets) ->
         if *worker == "payments" && profile == Profile::Test {
             vars.extend(TEST_SAGA_TIMINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         }
+        if *worker == "ads" {
+            // Local stacks only: Analytics Engine points go to a recorder
+            // Durable Object that `GET /_test/events` reads.
+            vars.push(("ADS_EVENT_RECORDER".into(), "on".into()));
+            if profile == Profile::Test {
+                // Short enough for a test to watch a click URL expire.
+                vars.push(("CLICK_TTL_SECONDS".into(), "4".into()));
+            }
+        }
         vars.push(("STRIPE_API_BASE".into(), format!("http://127.0.0.1:{}", ports.sandbox_psp)));
         vars.push(("STRIPE_WEBHOOK_URL".into(), format!("http://127.0.0.1:{}/v1/webhooks/stripe", ports.payments)));
         let serve = Serve {
