@@ -4,7 +4,9 @@
 //! This file authenticates, validates and routes; the object runs the saga.
 //! See README.md and docs/openapi.yaml for the API.
 
-mod checkout;
+/// The checkout request and idempotency keys: public so that the fuzz targets
+/// (`fuzz/`) can drive the exact decoding `POST /v1/purchases` uses.
+pub mod checkout;
 mod config;
 mod effects;
 mod mirror;
