@@ -53,15 +53,18 @@ struct Options {
     sagas: usize,
     concurrency: usize,
     only: Vec<String>,
+    /// Durable state (Durable Objects, Workflows, Restate) on /dev/shm.
+    tmpfs: bool,
 }
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options> {
-        let mut options = Options { sagas: 1000, concurrency: 16, only: SYSTEMS.iter().map(|s| s.to_string()).collect() };
+        let mut options = Options { sagas: 1000, concurrency: 16, only: SYSTEMS.iter().map(|s| s.to_string()).collect(), tmpfs: false };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
             match arg.as_str() {
+                "--tmpfs" => options.tmpfs = true,
                 "--sagas" => options.sagas = value()?.parse().context("--sagas takes a whole number")?,
                 "--concurrency" => options.concurrency = value()?.parse().context("--concurrency takes a whole number")?,
                 "--only" => {
@@ -70,7 +73,7 @@ impl Options {
                         bail!("--only: unknown system `{bad}` (systems: {})", SYSTEMS.join(","));
                     }
                 }
-                other => bail!("unknown argument `{other}`; usage: cargo xtask bench saga [--sagas N] [--concurrency C] [--only engine,full,workflows,restate]"),
+                other => bail!("unknown argument `{other}`; usage: cargo xtask bench saga [--sagas N] [--concurrency C] [--tmpfs] [--only engine,full,workflows,restate]"),
             }
         }
         if options.sagas == 0 || options.concurrency == 0 {
@@ -94,10 +97,11 @@ pub fn main(args: &[String]) -> Result<()> {
         ensure_peer_modules()?;
     }
     println!(
-        "bench saga: {} sagas per system, {} in flight, warm-up {} each; {}",
+        "bench saga: {} sagas per system, {} in flight, warm-up {} each; state on {}; {}",
         options.sagas,
         options.concurrency,
         warmup(&options),
+        if options.tmpfs { "tmpfs (/dev/shm)" } else { "disk" },
         machine()
     );
     let mut rows = Vec::new();
@@ -111,6 +115,9 @@ pub fn main(args: &[String]) -> Result<()> {
         rows.push(restate(&options)?);
     }
     print_table(&options, &rows);
+    if options.tmpfs {
+        let _ = fs::remove_dir_all(state_dir(&options));
+    }
     Ok(())
 }
 
@@ -338,7 +345,22 @@ fn this_project(tools: &Tools, options: &Options) -> Result<Vec<Row>> {
     let secrets = Secrets::from_env();
     let secret = |name: &str| secrets.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()).unwrap_or_default();
     let step = ui::step(format!("starting a throw-away stack (test ports, {})", Profile::Test.dir().display()));
-    let mut stack = stack::start(Profile::Test, tools, true, &secrets)?;
+    let mut stack = if options.tmpfs {
+        // What `fresh` does, then the Workers' state folder as a link to tmpfs.
+        let dir = Profile::Test.dir();
+        for sub in ["state", "logs", "registry"] {
+            let path = dir.join(sub);
+            let _ = fs::remove_file(&path);
+            let _ = fs::remove_dir_all(&path);
+        }
+        let _ = fs::remove_dir_all(crate::postgres::data_dir(&dir));
+        let target = fresh_dir(options, "stack-state")?;
+        fs::create_dir_all(&dir)?;
+        std::os::unix::fs::symlink(&target, dir.join("state")).context("linking the stack's state to tmpfs")?;
+        stack::start(Profile::Test, tools, false, &secrets)?
+    } else {
+        stack::start(Profile::Test, tools, true, &secrets)?
+    };
     step.done();
     let result = (|| -> Result<Vec<Row>> {
         let mut rows = Vec::new();
@@ -420,9 +442,22 @@ fn peers_dir() -> PathBuf {
     paths::root().join("bench").join("peers")
 }
 
+fn slot() -> String {
+    std::env::var("PETNET_TEST_SLOT").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "0".into())
+}
+
+/// Logs and pid files.
 fn bench_dir() -> PathBuf {
-    let slot = std::env::var("PETNET_TEST_SLOT").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "0".into());
-    paths::local().join(format!("bench-saga-{slot}"))
+    paths::local().join(format!("bench-saga-{}", slot()))
+}
+
+/// Durable state of the peers (and with `--tmpfs`, of the stack's Workers).
+fn state_dir(options: &Options) -> PathBuf {
+    if options.tmpfs {
+        PathBuf::from("/dev/shm").join(format!("petnet-bench-saga-{}", slot()))
+    } else {
+        bench_dir()
+    }
 }
 
 /// `npm ci` in bench/peers when its node_modules is missing or older than
@@ -446,8 +481,8 @@ fn ensure_peer_modules() -> Result<()> {
     Ok(())
 }
 
-fn fresh_dir(name: &str) -> Result<PathBuf> {
-    let dir = bench_dir().join(name);
+fn fresh_dir(options: &Options, name: &str) -> Result<PathBuf> {
+    let dir = state_dir(options).join(name);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -464,7 +499,7 @@ fn check_free(ports: &[u16]) -> Result<()> {
 
 fn workflows(tools: &Tools, options: &Options) -> Result<Row> {
     check_free(&[WORKFLOWS_PORT, WORKFLOWS_INSPECTOR_PORT])?;
-    let dir = fresh_dir("workflows")?;
+    let dir = fresh_dir(options, "workflows")?;
     let mut supervisor = Supervisor::new(&bench_dir().join("workflows-pids"))?;
     let mut command = Command::new("node");
     command
@@ -532,7 +567,7 @@ fn restate_binary() -> PathBuf {
 
 fn restate(options: &Options) -> Result<Row> {
     check_free(&[RESTATE_INGRESS_PORT, RESTATE_FABRIC_PORT, RESTATE_ADMIN_PORT, RESTATE_SERVICE_PORT])?;
-    let dir = fresh_dir("restate")?;
+    let dir = fresh_dir(options, "restate")?;
     let mut supervisor = Supervisor::new(&bench_dir().join("restate-pids"))?;
     let binary = restate_binary();
     if !binary.exists() {
@@ -641,10 +676,12 @@ fn print_table(options: &Options, rows: &[Row]) {
         println!();
         for peer in &peers {
             println!(
-                "engine vs {}: {:.2}x the sagas/s, p99 {:.2}x lower",
+                "engine vs {}: {:.2}x the sagas/s; p99 {:.1} ms vs {:.1} ms ({:.2}x)",
                 peer.system,
                 engine.per_second() / peer.per_second(),
-                peer.percentile(0.99) / engine.percentile(0.99)
+                engine.percentile(0.99),
+                peer.percentile(0.99),
+                engine.percentile(0.99) / peer.percentile(0.99)
             );
         }
         if let Some(fastest) = peers.iter().max_by(|a, b| a.per_second().total_cmp(&b.per_second())) {
