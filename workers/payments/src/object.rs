@@ -57,6 +57,9 @@ pub struct PurchaseObject {
     /// Idempotency keys being performed by this isolate right now.
     performing: RefCell<HashSet<String>>,
     mirrored: Cell<u64>,
+    /// The alarm this isolate last set (`Some(None)`: deleted; `None`: not
+    /// known), so an unchanged wake-up costs no storage write.
+    alarm: Cell<Option<Option<u64>>>,
 }
 
 impl DurableObject for PurchaseObject {
@@ -72,6 +75,7 @@ impl DurableObject for PurchaseObject {
             loaded: Cell::new(false),
             performing: RefCell::new(HashSet::new()),
             mirrored: Cell::new(0),
+            alarm: Cell::new(None),
         };
         if let Err(e) = object.create_tables() {
             log::event(Level::Error, SERVICE, "could not create the purchase tables", json!({ "error": e.to_string() }));
@@ -92,7 +96,11 @@ impl DurableObject for PurchaseObject {
     async fn alarm(&self) -> worker::Result<Response> {
         // If this handler dies half-way, the runtime retries it; the early
         // re-arm below covers the case where it never gets the chance.
-        let _ = self.state.storage().set_alarm(std::time::Duration::from_millis(SAFETY_NET.0 * 6)).await;
+        let safety = now().plus(Millis(SAFETY_NET.0 * 6));
+        self.alarm.set(None);
+        if self.state.storage().set_alarm(std::time::Duration::from_millis(SAFETY_NET.0 * 6)).await.is_ok() {
+            self.alarm.set(Some(Some(safety.0)));
+        }
         let saga = match &self.saga {
             Ok(saga) => saga,
             Err(e) => {
@@ -396,7 +404,9 @@ impl PurchaseObject {
     /// Performs effects until none is left, feeding each result back, then
     /// brings the operators' mirror up to date and sets the alarm.
     async fn run(&self, saga: &PurchaseSaga, effects: Vec<steps::PurchaseEffect>) {
-        self.schedule(saga, !effects.is_empty()).await;
+        if !effects.is_empty() {
+            self.schedule(saga, true).await;
+        }
         let mut queue: VecDeque<_> = effects.into();
         while let Some(effect) = queue.pop_front() {
             if !self.performing.borrow_mut().insert(effect.idempotency_key.clone()) {
@@ -443,13 +453,21 @@ impl PurchaseObject {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let wake = wake.map(|t| t.0);
+        if self.alarm.get() == Some(wake) {
+            return;
+        }
         let storage = self.state.storage();
         let result = match wake {
-            Some(at) => storage.set_alarm(std::time::Duration::from_millis(at.0.saturating_sub(now().0))).await,
+            Some(at) => storage.set_alarm(std::time::Duration::from_millis(at.saturating_sub(now().0))).await,
             None => storage.delete_alarm().await,
         };
-        if let Err(e) = result {
-            self.log(Level::Error, "could not set the alarm", json!({ "error": e.to_string() }));
+        match result {
+            Ok(()) => self.alarm.set(Some(wake)),
+            Err(e) => {
+                self.alarm.set(None);
+                self.log(Level::Error, "could not set the alarm", json!({ "error": e.to_string() }));
+            }
         }
     }
 
