@@ -179,6 +179,16 @@ fn check_money(p: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// The inspection window ran out (a timer moved the purchase out of
+/// `awaiting_delivery`), so a buyer's late action is refused with 409.
+fn window_passed(purchase: &Value) -> bool {
+    purchase["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|h| h["input"] == "timer" && h["from"] == "awaiting_delivery" && h["to"] == "releasing")
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Plan {
     Confirm,
@@ -225,6 +235,11 @@ fn run_plan(listing_id: &str, plan: Plan) -> Value {
         Plan::DisputeRefund | Plan::DisputeRelease => buyer(&id, "dispute"),
         _ => Reply { status: 200, body: Value::Null },
     };
+    if acted.status == 409 && window_passed(&purchase(&id)) {
+        // Under load the buyer can be slower than the 8 s inspection window:
+        // the saga rightly released the funds first.
+        return wait_until(&id, &["completed"], Duration::from_secs(120));
+    }
     assert_eq!(acted.status, 200, "{plan:?} on {id}: {:?}", acted.body);
     if matches!(plan, Plan::DisputeRefund | Plan::DisputeRelease) {
         let outcome = if plan == Plan::DisputeRefund { "refund" } else { "release" };
@@ -271,7 +286,8 @@ fn chaos() {
         if view["steps"].as_array().into_iter().flatten().any(|s| s["attempts"].as_u64().unwrap_or(0) > 1) {
             retried += 1;
         }
-        assert_eq!(view["state"], plan.expected(), "{plan:?}");
+        let late = view["state"] == "completed" && window_passed(view);
+        assert!(view["state"] == plan.expected() || late, "{plan:?}: {view:#}");
         if let Err(problem) = check_money(view) {
             problems.push(problem);
         }

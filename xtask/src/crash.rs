@@ -120,12 +120,28 @@ impl Client {
         if let Some(action) = action {
             let url = format!("{}/v1/purchases/{id}/{action}", self.payments);
             let (status, answer) = self.call("POST", &url, &self.checkout, Some(&format!("{key}-{action}")), None);
+            if status == 409 && window_passed(&self.purchase(&id)) {
+                // On a loaded machine the server can be down or slow for
+                // longer than the test stack's 8 s inspection window: the
+                // saga rightly released the funds before the buyer spoke.
+                return Ok((Plan::Silence, self.wait_for(&id, &["completed"], Duration::from_secs(180))?));
+            }
             if status != 200 {
                 bail!("{action} on {id} answered {status}: {answer}");
             }
         }
         Ok((plan, self.wait_for(&id, &[plan.expected()], Duration::from_secs(180))?))
     }
+}
+
+/// The inspection window ran out (a timer moved the purchase out of
+/// `awaiting_delivery`), so a buyer's late action is refused with 409.
+fn window_passed(purchase: &Value) -> bool {
+    purchase["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|h| h["input"] == "timer" && h["from"] == "awaiting_delivery" && h["to"] == "releasing")
 }
 
 fn minor(money: &Value) -> i64 {
