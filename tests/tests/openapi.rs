@@ -470,7 +470,7 @@ fn paths_are_matched_against_templates_per_service() {
         ("sandbox-psp", "POST", "/v1/payment_intents", None),
         ("sandbox-psp", "POST", "/_sandbox/webhooks/flush", None),
         ("ads", "GET", "/v1/listings/lst_1", None),
-        ("marketplace", "GET", "/v1/search?q=cat", None),
+        ("marketplace", "GET", "/v1/search?q=cat", Some("searchListings")),
     ];
     for (service, method, path, expected) in cases {
         assert_eq!(found(service, method, path).as_deref(), expected, "{service} {method} {path}");

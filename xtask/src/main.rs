@@ -7,6 +7,8 @@ mod demo;
 mod paths;
 mod postgres;
 mod process;
+mod search_eval;
+mod seed;
 mod simulate;
 mod stack;
 mod tools;
@@ -44,6 +46,11 @@ fn main() -> ExitCode {
         "demo" => demo::main(rest),
         "drill" => drill(rest),
         "bench" => bench(rest),
+        "seed-listings" => install_stop_handler().and_then(|()| seed::main(rest)),
+        "eval" => match rest.split_first() {
+            Some((what, rest)) if what == "search" => install_stop_handler().and_then(|()| search_eval::main(rest)),
+            _ => Err(anyhow::anyhow!("usage: cargo xtask eval search [--count N]")),
+        },
         "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -70,7 +77,9 @@ fn print_help() {
          demo                            one complete purchase against the running dev stack, printed as a timeline\n  \
          drill <name>|all                a reliability drill on a throw-away stack: chaos, last-unit, one-purchase, hostile, needs-attention, crash\n  \
          bench saga [--sagas N] [--concurrency C]  the purchase saga against Restate and Cloudflare Workflows (docs/benchmarks.md)\n  \
-         bench ads [--url URL] [--seconds N]       10,000 campaigns into the running ads Worker, then p50/p99 and req/s of GET /v1/ads\n\n\
+         bench ads [--url URL] [--seconds N]       10,000 campaigns into the running ads Worker, then p50/p99 and req/s of GET /v1/ads\n  \
+         seed-listings --count N [--seed S]        N realistic listings, embedded in batches, into the running dev stack\n  \
+         eval search [--count N]                   search relevance (nDCG@10, hybrid vs full-text) and filters on N seeded listings\n\n\
          Flags:\n  \
          --fresh        start the dev stack from empty state (PostgreSQL, Durable Objects, KV)\n  \
          --fresh-tools  reinstall the cached tools (worker-build, wasm-bindgen, PostgreSQL)\n"

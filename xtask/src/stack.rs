@@ -27,6 +27,8 @@ pub struct Ports {
     pub marketplace: u16,
     pub ads: u16,
     pub sandbox_psp: u16,
+    /// The local embedding service (`embedder/`) the marketplace calls.
+    pub embedder: u16,
     /// First of four consecutive inspector ports (one per wrangler).
     pub inspector_base: u16,
 }
@@ -41,7 +43,7 @@ impl Profile {
 
     pub fn ports(self) -> Ports {
         match self {
-            Profile::Dev => Ports { postgres: 54329, payments: 8787, marketplace: 8788, ads: 8789, sandbox_psp: 8790, inspector_base: 9231 },
+            Profile::Dev => Ports { postgres: 54329, payments: 8787, marketplace: 8788, ads: 8789, sandbox_psp: 8790, embedder: 8791, inspector_base: 9231 },
             Profile::Test => {
                 let shift = 100 * test_slot();
                 Ports {
@@ -50,6 +52,7 @@ impl Profile {
                     marketplace: 8798 + shift,
                     ads: 8799 + shift,
                     sandbox_psp: 8800 + shift,
+                    embedder: 8801 + shift,
                     inspector_base: 9241 + shift,
                 }
             }
@@ -92,6 +95,7 @@ fn check_ports_free(profile: Profile, ports: &Ports, with_postgres: bool) -> Res
     if with_postgres {
         wanted.push(("postgres", ports.postgres));
     }
+    wanted.push(("embedder", ports.embedder));
     for (what, port) in wanted {
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
             bail!(
@@ -246,6 +250,8 @@ pub fn start(profile: Profile, tools: &Tools, fresh: bool, secrets: &Secrets) ->
         }
     };
     println!("postgres     {}  ready", postgres::redact(&database_url));
+    let embedder_url = start_embedder(&mut supervisor, tools, ports.embedder, &logs)?;
+    println!("embedder     {embedder_url}  ready");
 
     let registry = dir.join("registry");
     let state = dir.join("state");
@@ -259,6 +265,9 @@ pub fn start(profile: Profile, tools: &Tools, fresh: bool, secrets: &Secrets) ->
         }
         if *worker == "payments" && profile == Profile::Test {
             vars.extend(TEST_SAGA_TIMINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        }
+        if *worker == "marketplace" {
+            vars.push(("EMBEDDER_URL".into(), embedder_url.clone()));
         }
         if *worker == "ads" {
             // Local stacks only: Analytics Engine points go to a recorder
@@ -362,4 +371,34 @@ pub fn supervise(stack: &mut Stack, stop: &std::sync::atomic::AtomicBool) -> Res
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Starts the local embedding service (the marketplace's stand-in for
+/// Workers AI) and waits until it embeds a probe sentence.
+fn start_embedder(supervisor: &mut Supervisor, tools: &Tools, port: u16, logs: &std::path::Path) -> Result<String> {
+    let step = ui::step(format!("starting the embedder on 127.0.0.1:{port}"));
+    let url = format!("http://127.0.0.1:{port}");
+    let log = logs.join("embedder.log");
+    let mut command = std::process::Command::new(&tools.embedder);
+    command.arg("--model-dir").arg(&tools.embedder_model).args(["--listen", &format!("127.0.0.1:{port}")]);
+    supervisor.spawn("embedder", command, &log, Output::LogFile, libc::SIGTERM)?;
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).http_status_as_error(false).build().into();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if crate::interrupted() {
+            bail!("interrupted");
+        }
+        if !supervisor.is_running("embedder") {
+            bail!("the embedder exited during start-up; last lines of {}:\n{}", log.display(), process::tail(&log, 20));
+        }
+        if agent.get(&format!("{url}/healthz")).call().is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the embedder did not answer on {url} within 60s; log:\n{}", process::tail(&log, 20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    step.done();
+    Ok(url)
 }

