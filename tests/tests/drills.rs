@@ -409,7 +409,8 @@ fn hostile_input() {
     let cases: Vec<Case> = vec![
         ("bad JSON", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], "{\"listing_id\": ".into(), 422, "invalid_json"),
         ("empty body", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], "".into(), 422, "invalid_json"),
-        ("JSON array", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], "[1,2]".into(), 422, "invalid_field"),
+        ("JSON array", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], "[1,2]".into(), 422, "invalid_json"),
+        ("fields by position in an array", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], json!([listing_id, "b1", 1, "pm_card_visa"]).to_string(), 422, "invalid_json"),
         ("quantity as string", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], with(json!({"quantity": "1"})), 422, "invalid_field"),
         ("negative quantity", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], with(json!({"quantity": -2})), 422, "invalid_field"),
         ("zero quantity", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], with(json!({"quantity": 0})), 422, "invalid_field"),

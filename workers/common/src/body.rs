@@ -31,6 +31,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid("invalid_json", "the request body is empty; a JSON object is expected"));
     }
+    // serde would also fill a struct from a JSON array, by position: our
+    // bodies are objects with named fields, nothing else.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("invalid_json", "the body must be a JSON object"));
+    }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::invalid("invalid_field", e.to_string()),
         _ => ApiError::invalid("invalid_json", format!("the body is not valid JSON: {e}")),
@@ -60,5 +65,8 @@ mod tests {
         assert_eq!(parse_json::<Thing>(br#"{"quantity": -1}"#).unwrap_err().code, "invalid_field");
         assert_eq!(parse_json::<Thing>(br#"{"quantity": 1, "price": 3}"#).unwrap_err().code, "invalid_field");
         assert!(parse_json::<Thing>(br#"{"quantity": 2}"#).is_ok());
+        assert!(parse_json::<Thing>(b" \n{\"quantity\": 2}").is_ok());
+        assert_eq!(parse_json::<Thing>(b"[2]").unwrap_err().code, "invalid_json");
+        assert_eq!(parse_json::<Thing>(b"2").unwrap_err().code, "invalid_json");
     }
 }
