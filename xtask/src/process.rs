@@ -29,6 +29,8 @@ pub struct Supervisor {
     /// A string every command line we start contains (the stack's folder),
     /// so the pid file never makes us signal a stranger that reused a pid.
     marker: String,
+    /// Held while this supervisor lives: one live stack per folder.
+    _lock: fs::File,
 }
 
 struct Managed {
@@ -50,12 +52,26 @@ pub enum Output {
 impl Supervisor {
     /// Creates a supervisor whose pid file lives in `state_dir`, first stopping
     /// anything a previous run left behind there.
+    ///
+    /// Refuses to start while another live xtask supervises the same folder
+    /// (a second `cargo xtask dev` must not kill the first one's stack): the
+    /// folder's lock is held for the supervisor's life and released by the
+    /// kernel when its process dies, however it dies.
     pub fn new(state_dir: &Path) -> Result<Self> {
+        use std::os::unix::io::AsRawFd;
         fs::create_dir_all(state_dir)?;
+        let lock = fs::File::create(state_dir.join("supervisor.lock"))?;
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            anyhow::bail!(
+                "another `cargo xtask` is already running a stack from {} (stop it first, e.g. Ctrl-C in its terminal)",
+                state_dir.display()
+            );
+        }
         let supervisor = Self {
             children: Vec::new(),
             pid_file: state_dir.join("pids"),
             marker: state_dir.display().to_string(),
+            _lock: lock,
         };
         supervisor.reap_leftovers();
         Ok(supervisor)
