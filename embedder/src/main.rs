@@ -46,7 +46,9 @@ fn parse_args() -> Result<Args> {
             "--model-dir" => model_dir = Some(PathBuf::from(value()?)),
             "--listen" => listen = value()?,
             "--threads" => threads = value()?.parse().context("--threads takes a number")?,
-            other => bail!("unknown argument {other}; usage: embedder --model-dir DIR [--listen HOST:PORT] [--threads N]"),
+            other => {
+                bail!("unknown argument {other}; usage: embedder --model-dir DIR [--listen HOST:PORT] [--threads N]")
+            }
         }
     }
     let model_dir = model_dir.context("--model-dir DIR is required")?;
@@ -65,7 +67,8 @@ fn run() -> Result<()> {
     let started = std::time::Instant::now();
     let model = Arc::new(Model::load(&args.model_dir)?);
     eprintln!("embedder: loaded {} from {} in {:?}", model::NAME, args.model_dir.display(), started.elapsed());
-    let server = Arc::new(Server::http(&args.listen).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?);
+    let server =
+        Arc::new(Server::http(&args.listen).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?);
     eprintln!("embedder: listening on http://{}", args.listen);
     // A few request threads share one model (its forward pass takes &self);
     // each batch already uses every core through candle's matmul.

@@ -29,10 +29,12 @@ impl Model {
     pub fn load(dir: &Path) -> Result<Model> {
         let device = Device::Cpu;
         let config: Config = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("reading {}/config.json", dir.display()))?,
+            &std::fs::read_to_string(dir.join("config.json"))
+                .with_context(|| format!("reading {}/config.json", dir.display()))?,
         )
         .context("config.json is not a BERT config")?;
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("tokenizer.json: {e}"))?;
+        let mut tokenizer =
+            Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("tokenizer.json: {e}"))?;
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
             .map_err(|e| anyhow::anyhow!("tokenizer truncation: {e}"))?;
@@ -58,8 +60,10 @@ impl Model {
     }
 
     fn embed_chunk(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
-        let ids: Vec<Tensor> = encodings.iter().map(|e| Tensor::new(e.get_ids(), &self.device)).collect::<Result<_, _>>()?;
+        let encodings =
+            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+        let ids: Vec<Tensor> =
+            encodings.iter().map(|e| Tensor::new(e.get_ids(), &self.device)).collect::<Result<_, _>>()?;
         let masks: Vec<Tensor> =
             encodings.iter().map(|e| Tensor::new(e.get_attention_mask(), &self.device)).collect::<Result<_, _>>()?;
         let ids = Tensor::stack(&ids, 0)?;
@@ -92,7 +96,9 @@ mod tests {
         };
         let model = Model::load(Path::new(&dir)).expect("model loads");
         let texts: Vec<String> =
-            ["keep my fish warm", "Aquarium heater 50 W, adjustable thermostat", "Dog lead, red leather, 2 m"].map(String::from).to_vec();
+            ["keep my fish warm", "Aquarium heater 50 W, adjustable thermostat", "Dog lead, red leather, 2 m"]
+                .map(String::from)
+                .to_vec();
         let v = model.embed(&texts).expect("embeds");
         assert_eq!(v.len(), 3);
         assert!(v.iter().all(|x| x.len() == DIMENSIONS));

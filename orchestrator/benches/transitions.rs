@@ -6,8 +6,13 @@ use orchestrator::*;
 use std::hint::black_box;
 use std::time::Instant;
 
-const RETRY: RetryPolicy =
-    RetryPolicy { max_attempts: 5, initial_delay: Millis(1_000), multiplier: 2.0, max_delay: Millis(60_000), jitter: 0.2 };
+const RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 5,
+    initial_delay: Millis(1_000),
+    multiplier: 2.0,
+    max_delay: Millis(60_000),
+    jitter: 0.2,
+};
 
 fn act(name: &'static str) -> ActionDef {
     ActionDef { name, retry: RETRY, timeout: Millis(30_000) }

@@ -22,13 +22,7 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// A policy that never retries.
     pub const fn once() -> Self {
-        RetryPolicy {
-            max_attempts: 1,
-            initial_delay: Millis(0),
-            multiplier: 1.0,
-            max_delay: Millis(0),
-            jitter: 0.0,
-        }
+        RetryPolicy { max_attempts: 1, initial_delay: Millis(0), multiplier: 1.0, max_delay: Millis(0), jitter: 0.0 }
     }
 
     /// Delay to wait after `failed_attempt` (1-based) failed. `entropy` is any
@@ -194,11 +188,7 @@ pub struct Definition {
 
 impl Definition {
     /// Validates and indexes a definition.
-    pub fn new(
-        name: &'static str,
-        steps: Vec<StepDef>,
-        rules: Vec<EventRule>,
-    ) -> Result<Self, DefinitionError> {
+    pub fn new(name: &'static str, steps: Vec<StepDef>, rules: Vec<EventRule>) -> Result<Self, DefinitionError> {
         if steps.is_empty() {
             return Err(DefinitionError::NoSteps);
         }
@@ -243,7 +233,10 @@ impl Definition {
                 Some(sb) => {
                     let a = index(sb.anchor)?;
                     if a as usize >= i || !matches!(s.kind, StepKind::Action(_)) {
-                        return Err(DefinitionError::Invalid(s.name, "start_by needs an action step and an earlier anchor"));
+                        return Err(DefinitionError::Invalid(
+                            s.name,
+                            "start_by needs an action step and an earlier anchor",
+                        ));
                     }
                     Some(a)
                 }

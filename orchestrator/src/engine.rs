@@ -57,20 +57,32 @@ pub enum OperatorCommand {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Input {
     /// `jitter_seed` is the only randomness the saga will use.
-    Start { jitter_seed: u64 },
-    Succeeded { effect: EffectId, output: Option<String> },
+    Start {
+        jitter_seed: u64,
+    },
+    Succeeded {
+        effect: EffectId,
+        output: Option<String>,
+    },
     /// `retryable: false` means the action definitively did not and will not
     /// take effect under this key (the provider replays that answer for the
     /// key). `retryable: true` says only that this attempt did nothing; an
     /// earlier attempt that timed out may still have taken effect. A lost
     /// answer is not reported: the engine times the attempt out.
-    Failed { effect: EffectId, retryable: bool, error: String },
+    Failed {
+        effect: EffectId,
+        retryable: bool,
+        error: String,
+    },
     /// The attempt ended without telling whether it took effect: a 5xx from
     /// the provider, a connection dropped after the request was sent. Retried
     /// under the same key like a retryable failure, but, like a timeout, it
     /// marks the action as possibly done, so running out of retries leads to
     /// `needs_attention` instead of a guess.
-    OutcomeUnknown { effect: EffectId, error: String },
+    OutcomeUnknown {
+        effect: EffectId,
+        error: String,
+    },
     Event(Event),
     /// The alarm fired (at or after [`Definition::poll_timeout`]).
     Timer,
@@ -189,7 +201,11 @@ impl Definition {
             && s.steps.iter().zip(&self.steps).all(|(a, b)| a.name == b.name)
             && (s.cursor as usize) <= self.steps.len()
             && s.buffered.iter().all(|b| (b.rule as usize) < self.rules.len());
-        if same { Ok(()) } else { Err(Rejection::Incompatible(self.name)) }
+        if same {
+            Ok(())
+        } else {
+            Err(Rejection::Incompatible(self.name))
+        }
     }
 
     /// The one transition function. On `Err` the state is untouched.
@@ -216,21 +232,35 @@ impl Definition {
             }
             Input::Failed { effect, retryable, error } => {
                 let o = self.on_failed(s, &mut cx, effect, retryable, error, false)?;
-                let l = InputLabel::Failed { step: effect.step, action: effect.action, attempt: effect.attempt, retryable };
+                let l =
+                    InputLabel::Failed { step: effect.step, action: effect.action, attempt: effect.attempt, retryable };
                 (o, Some(l))
             }
             Input::OutcomeUnknown { effect, error } => {
                 let o = self.on_failed(s, &mut cx, effect, true, error, true)?;
-                let l = InputLabel::Failed { step: effect.step, action: effect.action, attempt: effect.attempt, retryable: true };
+                let l = InputLabel::Failed {
+                    step: effect.step,
+                    action: effect.action,
+                    attempt: effect.attempt,
+                    retryable: true,
+                };
                 (o, Some(l))
             }
             Input::Event(ev) => self.on_event(s, &mut cx, ev)?,
             Input::Timer => {
                 let fired = self.on_timer(s, &mut cx);
-                if fired { (Outcome::Applied, Some(InputLabel::Timer)) } else { (Outcome::Ignored(Ignored::NothingDue), None) }
+                if fired {
+                    (Outcome::Applied, Some(InputLabel::Timer))
+                } else {
+                    (Outcome::Ignored(Ignored::NothingDue), None)
+                }
             }
             Input::Resume => {
-                if self.on_resume(s, &mut cx) { (Outcome::Applied, Some(InputLabel::Resume)) } else { (Outcome::Ignored(Ignored::NothingDue), None) }
+                if self.on_resume(s, &mut cx) {
+                    (Outcome::Applied, Some(InputLabel::Resume))
+                } else {
+                    (Outcome::Ignored(Ignored::NothingDue), None)
+                }
             }
             Input::Operator(cmd) => {
                 let o = self.on_operator(s, &mut cx, cmd)?;
@@ -518,7 +548,15 @@ impl Definition {
         }
     }
 
-    fn forward_failed(&self, s: &mut SagaState, cx: &mut Cx, i: usize, retryable: bool, error: String, may_have_happened: bool) {
+    fn forward_failed(
+        &self,
+        s: &mut SagaState,
+        cx: &mut Cx,
+        i: usize,
+        retryable: bool,
+        error: String,
+        may_have_happened: bool,
+    ) {
         let Some(a) = self.forward_def(i) else { return };
         if !retryable {
             return self.forward_definitive_failure(s, cx, i, error);
@@ -550,7 +588,15 @@ impl Definition {
         }
     }
 
-    fn compensation_failed(&self, s: &mut SagaState, cx: &mut Cx, i: usize, retryable: bool, error: String, may_have_happened: bool) {
+    fn compensation_failed(
+        &self,
+        s: &mut SagaState,
+        cx: &mut Cx,
+        i: usize,
+        retryable: bool,
+        error: String,
+        may_have_happened: bool,
+    ) {
         let Some(a) = self.steps[i].compensation else { return };
         let seed = s.jitter_seed;
         let run = &mut s.steps[i].compensation;
@@ -584,7 +630,13 @@ impl Definition {
         Ok(())
     }
 
-    fn on_succeeded(&self, s: &mut SagaState, cx: &mut Cx, e: EffectId, output: Option<String>) -> Result<Outcome, Rejection> {
+    fn on_succeeded(
+        &self,
+        s: &mut SagaState,
+        cx: &mut Cx,
+        e: EffectId,
+        output: Option<String>,
+    ) -> Result<Outcome, Rejection> {
         self.check_effect(s, e)?;
         let i = e.step as usize;
         let st = &s.steps[i];
@@ -675,7 +727,11 @@ impl Definition {
             },
             Reaction::WaitSucceeded | Reaction::WaitFailed | Reaction::Freeze => match phase {
                 StepPhase::Running if s.status != Status::Compensating => {
-                    if self.apply_wait(s, cx, i, rule.reaction) { Outcome::Applied } else { Outcome::Ignored(Ignored::Late) }
+                    if self.apply_wait(s, cx, i, rule.reaction) {
+                        Outcome::Applied
+                    } else {
+                        Outcome::Ignored(Ignored::Late)
+                    }
                 }
                 StepPhase::Pending if can_buffer && s.status != Status::Compensating => Outcome::Buffered,
                 _ => Outcome::Ignored(Ignored::Late),
@@ -698,7 +754,9 @@ impl Definition {
         for i in 0..self.steps.len() {
             let st = &mut s.steps[i];
             let (kind, def, run) = match st.phase {
-                StepPhase::Running if st.forward.in_flight => (ActionKind::Forward, self.forward_def(i), &mut st.forward),
+                StepPhase::Running if st.forward.in_flight => {
+                    (ActionKind::Forward, self.forward_def(i), &mut st.forward)
+                }
                 StepPhase::Compensating if st.compensation.in_flight => {
                     (ActionKind::Compensation, self.steps[i].compensation, &mut st.compensation)
                 }
@@ -797,7 +855,11 @@ impl Definition {
                         any = true;
                     }
                 }
-                if any { Ok(Outcome::Applied) } else { Err(Rejection::NothingToRetry) }
+                if any {
+                    Ok(Outcome::Applied)
+                } else {
+                    Err(Rejection::NothingToRetry)
+                }
             }
             OperatorCommand::Compensate => {
                 match s.status {

@@ -42,12 +42,12 @@ mod state;
 mod time;
 
 pub use definition::{
-    ActionDef, Definition, DefinitionError, EventRule, Reaction, Resolution, RetryPolicy, StartBy, StepDef,
-    StepKind, WaitDef,
+    ActionDef, Definition, DefinitionError, EventRule, Reaction, Resolution, RetryPolicy, StartBy, StepDef, StepKind,
+    WaitDef,
 };
 pub use engine::{Effect, EffectId, Event, Ignored, Input, OperatorCommand, Outcome, Rejection, Transition};
 pub use state::{
-    ActionKind, ActionRun, Attention, BufferedEvent, HistoryEntry, InputLabel, Position, SagaState, StateError,
-    Status, StepPhase, StepState, BUFFER_LIMIT, HISTORY_LIMIT, SCHEMA_VERSION, SEEN_EVENTS_LIMIT,
+    ActionKind, ActionRun, Attention, BufferedEvent, HistoryEntry, InputLabel, Position, SagaState, StateError, Status,
+    StepPhase, StepState, BUFFER_LIMIT, HISTORY_LIMIT, SCHEMA_VERSION, SEEN_EVENTS_LIMIT,
 };
 pub use time::{Millis, Timestamp};

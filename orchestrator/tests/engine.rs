@@ -345,7 +345,8 @@ fn operator_rejections_are_typed_and_leave_state_alone() {
     let err = d.handle(&mut s, t(1), Input::Operator(OperatorCommand::Resolve(Resolution::Succeeded))).unwrap_err();
     assert!(matches!(err, Rejection::InvalidState { status: Status::Running, .. }));
     assert_eq!(d.handle(&mut s, t(1), Input::Operator(OperatorCommand::RetryNow)), Err(Rejection::NothingToRetry));
-    let bogus = Input::Succeeded { effect: EffectId { step: 99, action: ActionKind::Forward, attempt: 1 }, output: None };
+    let bogus =
+        Input::Succeeded { effect: EffectId { step: 99, action: ActionKind::Forward, attempt: 1 }, output: None };
     assert_eq!(d.handle(&mut s, t(1), bogus), Err(Rejection::UnknownEffect(99)));
     let no_comp = Input::Failed {
         effect: EffectId { step: 2, action: ActionKind::Compensation, attempt: 1 },

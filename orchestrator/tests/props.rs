@@ -7,8 +7,16 @@ use proptest::prelude::*;
 #[derive(Clone, Debug)]
 enum Step {
     /// Answer the n-th in-flight effect (or a made-up one).
-    Answer { pick: usize, success: bool, retryable: bool, stale_attempt: bool },
-    Event { id: u8, kind: u8 },
+    Answer {
+        pick: usize,
+        success: bool,
+        retryable: bool,
+        stale_attempt: bool,
+    },
+    Event {
+        id: u8,
+        kind: u8,
+    },
     TimerAtDue,
     TimerAt(u32),
     Op(u8),

@@ -29,7 +29,7 @@ pub mod simulation;
 
 pub use money::{Currency, Money, MoneyError, Split};
 pub use purchase::{
-    event, step, BuyerCommand, Call, DisputeOutcome, HistoryView, Order, OrderRequest, Purchase, PurchaseConfig, PurchaseEffect,
-    PurchaseError, PurchaseInput, PurchaseOperatorCommand, PurchaseSaga, PurchaseState, PurchaseTransition, Sabotage,
-    StepView, StripeEvent, StripeEventKind,
+    event, step, BuyerCommand, Call, DisputeOutcome, HistoryView, Order, OrderRequest, Purchase, PurchaseConfig,
+    PurchaseEffect, PurchaseError, PurchaseInput, PurchaseOperatorCommand, PurchaseSaga, PurchaseState,
+    PurchaseTransition, Sabotage, StepView, StripeEvent, StripeEventKind,
 };

@@ -3,9 +3,8 @@
 use crate::money::{Currency, Money, MoneyError};
 use orchestrator::{
     ActionDef, ActionKind, Definition, DefinitionError, EffectId, Event, EventRule, Ignored, Input, InputLabel, Millis,
-    OperatorCommand,
-    Outcome, Position, Reaction, Rejection, Resolution, RetryPolicy, SagaState, StateError, Status, StepDef, StepPhase,
-    Timestamp, WaitDef,
+    OperatorCommand, Outcome, Position, Reaction, Rejection, Resolution, RetryPolicy, SagaState, StateError, Status,
+    StepDef, StepPhase, Timestamp, WaitDef,
 };
 use serde::{Deserialize, Serialize};
 
@@ -228,18 +227,30 @@ pub enum PurchaseOperatorCommand {
     RetryNow,
     /// Force compensation; refused after the pivot.
     Refund,
-    ResolveDispute { outcome: DisputeOutcome },
+    ResolveDispute {
+        outcome: DisputeOutcome,
+    },
 }
 
 /// Everything the shell feeds in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PurchaseInput {
-    EffectSucceeded { effect: EffectId, output: Option<String> },
-    EffectFailed { effect: EffectId, retryable: bool, error: String },
+    EffectSucceeded {
+        effect: EffectId,
+        output: Option<String>,
+    },
+    EffectFailed {
+        effect: EffectId,
+        retryable: bool,
+        error: String,
+    },
     /// The call may or may not have taken effect (a 5xx, a dropped
     /// connection): retried under the same key, never assumed undone.
-    EffectOutcomeUnknown { effect: EffectId, error: String },
+    EffectOutcomeUnknown {
+        effect: EffectId,
+        error: String,
+    },
     Stripe(StripeEvent),
     Buyer(BuyerCommand),
     Operator(PurchaseOperatorCommand),
@@ -253,18 +264,46 @@ pub enum PurchaseInput {
 #[serde(tag = "call", rename_all = "snake_case")]
 pub enum Call {
     /// Marketplace: reserve units, idempotent by purchase id.
-    ReserveListing { listing_id: String, units: u32, purchase_id: String },
-    ReleaseListing { listing_id: String, units: u32, purchase_id: String },
-    MarkListingSold { listing_id: String, units: u32, purchase_id: String },
+    ReserveListing {
+        listing_id: String,
+        units: u32,
+        purchase_id: String,
+    },
+    ReleaseListing {
+        listing_id: String,
+        units: u32,
+        purchase_id: String,
+    },
+    MarkListingSold {
+        listing_id: String,
+        units: u32,
+        purchase_id: String,
+    },
     /// Stripe: PaymentIntent with `capture_method=manual` (the hold).
-    CreatePaymentIntent { amount_minor: i64, currency: Currency, customer: String },
-    CapturePaymentIntent { payment_intent: String, amount_minor: i64 },
+    CreatePaymentIntent {
+        amount_minor: i64,
+        currency: Currency,
+        customer: String,
+    },
+    CapturePaymentIntent {
+        payment_intent: String,
+        amount_minor: i64,
+    },
     /// Void the hold.
-    CancelPaymentIntent { payment_intent: String },
+    CancelPaymentIntent {
+        payment_intent: String,
+    },
     /// Full refund of a captured PaymentIntent.
-    RefundPaymentIntent { payment_intent: String, amount_minor: i64 },
+    RefundPaymentIntent {
+        payment_intent: String,
+        amount_minor: i64,
+    },
     /// Connect transfer of the payout to the seller.
-    TransferToSeller { destination: String, amount_minor: i64, currency: Currency },
+    TransferToSeller {
+        destination: String,
+        amount_minor: i64,
+        currency: Currency,
+    },
 }
 
 /// An effect to perform under `idempotency_key`; report it back quoting `id`.
@@ -398,7 +437,9 @@ impl PurchaseSaga {
         let steps = vec![
             reserve,
             // Voiding is superseded once captured: the capture's refund undoes it.
-            StepDef::action(step::HOLD_FUNDS, pay("authorize")).compensate(undo("void")).superseded_by(step::CAPTURE_FUNDS),
+            StepDef::action(step::HOLD_FUNDS, pay("authorize"))
+                .compensate(undo("void"))
+                .superseded_by(step::CAPTURE_FUNDS),
             StepDef::wait(
                 step::CONFIRM_DELIVERY,
                 WaitDef { deadline: Some(config.inspection_window), on_deadline: Resolution::Succeeded },
@@ -474,11 +515,17 @@ impl PurchaseSaga {
         let saga_json = v.get("saga").map(|s| s.to_string()).unwrap_or_default();
         let saga = SagaState::from_json(&saga_json)?;
         self.def.check(&saga)?;
-        let cancel_requests = serde_json::from_value(v.get("cancel_requests").cloned().unwrap_or_default()).unwrap_or_default();
+        let cancel_requests =
+            serde_json::from_value(v.get("cancel_requests").cloned().unwrap_or_default()).unwrap_or_default();
         Ok(Purchase { order, saga, cancel_requests })
     }
 
-    pub fn handle(&self, p: &mut Purchase, now: Timestamp, input: PurchaseInput) -> Result<PurchaseTransition, PurchaseError> {
+    pub fn handle(
+        &self,
+        p: &mut Purchase,
+        now: Timestamp,
+        input: PurchaseInput,
+    ) -> Result<PurchaseTransition, PurchaseError> {
         let engine_input = match input {
             PurchaseInput::EffectSucceeded { effect, output } => Input::Succeeded { effect, output },
             PurchaseInput::EffectFailed { effect, retryable, error } => Input::Failed { effect, retryable, error },
@@ -670,7 +717,8 @@ impl PurchaseSaga {
     /// which state the purchase moved between.
     pub fn history_views(&self, p: &Purchase) -> Vec<HistoryView> {
         let steps = p.saga.steps();
-        let step_name = |i: u16| steps.get(i as usize).map(|s| s.name.to_string()).unwrap_or_else(|| format!("step {i}"));
+        let step_name =
+            |i: u16| steps.get(i as usize).map(|s| s.name.to_string()).unwrap_or_else(|| format!("step {i}"));
         let hold_succeeded = steps[step::HOLD as usize].succeeded_at.is_some();
         let mut disputed = false;
         let mut out = Vec::new();
@@ -689,7 +737,9 @@ impl PurchaseSaga {
                 ),
                 // A webhook that confirms what the HTTP answer already told
                 // the saga is normal, not a problem: say so.
-                InputLabel::Event { kind, outcome } if outcome == "late" => format!("event {kind}: already known, nothing to do"),
+                InputLabel::Event { kind, outcome } if outcome == "late" => {
+                    format!("event {kind}: already known, nothing to do")
+                }
                 InputLabel::Event { kind, outcome } => format!("event {kind}: {outcome}"),
                 InputLabel::Timer => "timer".to_string(),
                 InputLabel::Resume => "resumed after a restart".to_string(),

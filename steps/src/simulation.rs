@@ -117,7 +117,11 @@ impl Rng {
         z ^ (z >> 31)
     }
     fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
     }
     fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.below(hi.saturating_sub(lo) + 1)
@@ -240,7 +244,13 @@ impl<'a> World<'a> {
     fn new(saga: &'a PurchaseSaga, seed: u64, first: u64, n: u64) -> Self {
         let mut rng = Rng(seed);
         let listings = (0..(n * 2 / 3).max(1))
-            .map(|_| Listing { listed: rng.range(1, 4) as u32, reserved: 0, sold: 0, holds: HashMap::new(), sold_to: HashSet::new() })
+            .map(|_| Listing {
+                listed: rng.range(1, 4) as u32,
+                reserved: 0,
+                sold: 0,
+                holds: HashMap::new(),
+                sold_to: HashSet::new(),
+            })
             .collect::<Vec<_>>();
         let mut w = World {
             saga,
@@ -287,7 +297,11 @@ impl<'a> World<'a> {
                 payout: total,
             };
             // Placeholder until Start: the real purchase is built by `start`.
-            let p = Purchase { saga: saga.definition().new_saga(order.purchase_id.clone()), order, cancel_requests: Vec::new() };
+            let p = Purchase {
+                saga: saga.definition().new_saga(order.purchase_id.clone()),
+                order,
+                cancel_requests: Vec::new(),
+            };
             w.shells.push(Shell {
                 live: p.clone(),
                 persisted: p,
@@ -306,13 +320,18 @@ impl<'a> World<'a> {
             }
             if w.rng.chance(30) {
                 let d = w.rng.range(0, 10 * DAY);
-                let cmd = if w.rng.chance(500) { PurchaseOperatorCommand::RetryNow } else { PurchaseOperatorCommand::Refund };
+                let cmd =
+                    if w.rng.chance(500) { PurchaseOperatorCommand::RetryNow } else { PurchaseOperatorCommand::Refund };
                 w.schedule(at + d, i as u32, Msg::Operator(cmd));
             }
             if w.rng.chance(20) {
                 // A confirmation at a random (usually invalid) moment: must be a typed 409.
                 let d = w.rng.range(0, 5 * DAY);
-                w.schedule(at + d, i as u32, Msg::Buyer(BuyerCommand::ConfirmDelivery { request_id: format!("stray-{i}") }));
+                w.schedule(
+                    at + d,
+                    i as u32,
+                    Msg::Buyer(BuyerCommand::ConfirmDelivery { request_id: format!("stray-{i}") }),
+                );
             }
         }
         w
@@ -483,7 +502,8 @@ impl<'a> World<'a> {
         self.shells[idx].persisted = self.shells[idx].live.clone();
         self.set_alarm(idx, tr.wake_at);
         let n = tr.effects.len();
-        let crash_after = if self.faults() && n > 0 && self.rng.chance(15) { Some(self.rng.below(n as u64) as usize) } else { None };
+        let crash_after =
+            if self.faults() && n > 0 && self.rng.chance(15) { Some(self.rng.below(n as u64) as usize) } else { None };
         for (k, e) in tr.effects.into_iter().enumerate() {
             if crash_after == Some(k) {
                 self.crashes += 1;
@@ -509,7 +529,11 @@ impl<'a> World<'a> {
                 if !s.compensations.contains(&e.id.step) {
                     s.compensations.push(e.id.step);
                     if step >= 6 || !s.forward_issued[step] {
-                        self.violate(idx, "compensate_only_completed", format!("compensation of step {step} never performed"));
+                        self.violate(
+                            idx,
+                            "compensate_only_completed",
+                            format!("compensation of step {step} never performed"),
+                        );
                     }
                 }
             }
@@ -544,7 +568,11 @@ impl<'a> World<'a> {
                     }
                 } else if r < 75 {
                     let d = self.rng.range(HOUR, 48 * HOUR);
-                    self.schedule(self.now + d, i, Msg::Buyer(BuyerCommand::Dispute { request_id: format!("dispute-{idx}") }));
+                    self.schedule(
+                        self.now + d,
+                        i,
+                        Msg::Buyer(BuyerCommand::Dispute { request_id: format!("dispute-{idx}") }),
+                    );
                 }
             }
             PurchaseState::Disputed => {
@@ -689,7 +717,9 @@ impl<'a> World<'a> {
                 Ok(Some(pi))
             }
             Call::CapturePaymentIntent { payment_intent, amount_minor } => {
-                let Some(p) = self.pis.get_mut(payment_intent) else { return Err((false, "no such payment_intent".into())) };
+                let Some(p) = self.pis.get_mut(payment_intent) else {
+                    return Err((false, "no such payment_intent".into()));
+                };
                 if p.status == PiStatus::RequiresCapture && now >= p.expires_at {
                     return Err((false, "authorization expired".into()));
                 }
@@ -703,7 +733,9 @@ impl<'a> World<'a> {
                 Ok(Some(payment_intent.clone()))
             }
             Call::CancelPaymentIntent { payment_intent } => {
-                let Some(p) = self.pis.get_mut(payment_intent) else { return Err((false, "no such payment_intent".into())) };
+                let Some(p) = self.pis.get_mut(payment_intent) else {
+                    return Err((false, "no such payment_intent".into()));
+                };
                 match p.status {
                     PiStatus::RequiresCapture => {
                         p.status = PiStatus::Canceled;
@@ -715,7 +747,9 @@ impl<'a> World<'a> {
                 }
             }
             Call::RefundPaymentIntent { payment_intent, amount_minor } => {
-                let Some(p) = self.pis.get_mut(payment_intent) else { return Err((false, "no such payment_intent".into())) };
+                let Some(p) = self.pis.get_mut(payment_intent) else {
+                    return Err((false, "no such payment_intent".into()));
+                };
                 if p.status != PiStatus::Succeeded || p.refunded + amount_minor > p.captured {
                     return Err((false, "refund exceeds captured amount".into()));
                 }
@@ -774,8 +808,16 @@ impl<'a> World<'a> {
         for (l_idx, l) in self.listings.iter().enumerate() {
             let held: u32 = l.holds.values().sum();
             if held != l.reserved || l.reserved + l.sold > l.listed {
-                let d = format!("listing l{l_idx}: listed {} reserved {} held {held} sold {}", l.listed, l.reserved, l.sold);
-                self.violations.push(Violation { purchase_id: String::new(), invariant: "inventory", detail: d, state_json: String::new() });
+                let d = format!(
+                    "listing l{l_idx}: listed {} reserved {} held {held} sold {}",
+                    l.listed, l.reserved, l.sold
+                );
+                self.violations.push(Violation {
+                    purchase_id: String::new(),
+                    invariant: "inventory",
+                    detail: d,
+                    state_json: String::new(),
+                });
             }
         }
         for idx in 0..self.shells.len() {
@@ -787,7 +829,11 @@ impl<'a> World<'a> {
         let p = &self.shells[idx].live;
         let st = self.saga.state(p);
         let order = p.order.clone();
-        let pis: Vec<&Pi> = self.pi_by_purchase.get(&(idx as u32)).map(|v| v.iter().filter_map(|k| self.pis.get(k)).collect()).unwrap_or_default();
+        let pis: Vec<&Pi> = self
+            .pi_by_purchase
+            .get(&(idx as u32))
+            .map(|v| v.iter().filter_map(|k| self.pis.get(k)).collect())
+            .unwrap_or_default();
         let mut bad: Vec<(&'static str, String)> = Vec::new();
         if pis.len() > 1 {
             bad.push(("one_operation_per_key", format!("{} payment intents", pis.len())));
@@ -830,7 +876,9 @@ impl<'a> World<'a> {
             if sold != want_sold || (want_sold && !seller_paid) {
                 bad.push(("inventory", format!("{}: sold={sold}", st.as_str())));
             }
-            if st == PurchaseState::Completed && pis.iter().any(|pi| pi.amount != total || pi.captured != total || pi.refunded != 0) {
+            if st == PurchaseState::Completed
+                && pis.iter().any(|pi| pi.amount != total || pi.captured != total || pi.refunded != 0)
+            {
                 bad.push(("money", "completed without a full capture".into()));
             }
         }
@@ -863,4 +911,3 @@ fn expected_key(pid: &str, call: &Call) -> String {
     };
     format!("{pid}:{step}:{action}")
 }
-

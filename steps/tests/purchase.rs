@@ -78,7 +78,9 @@ fn happy_path_releases_payout_and_marks_sold() {
     let s = saga();
     let mut p = awaiting(&s);
     assert_eq!(p.order.fee, eur("12.00"));
-    let tr = s.handle(&mut p, Timestamp(3), PurchaseInput::Buyer(BuyerCommand::ConfirmDelivery { request_id: "r1".into() })).unwrap();
+    let tr = s
+        .handle(&mut p, Timestamp(3), PurchaseInput::Buyer(BuyerCommand::ConfirmDelivery { request_id: "r1".into() }))
+        .unwrap();
     let capture = one(&tr);
     assert_eq!(capture.call, Call::CapturePaymentIntent { payment_intent: "pi_1".into(), amount_minor: 12_000 });
     assert_eq!(s.state(&p), PurchaseState::Releasing);
@@ -121,7 +123,9 @@ fn buyer_commands_in_the_wrong_state_are_409() {
     // Once disputed, only an operator decides: the buyer can no longer cancel.
     let mut p = awaiting(&s);
     s.handle(&mut p, Timestamp(3), PurchaseInput::Buyer(BuyerCommand::Dispute { request_id: "d".into() })).unwrap();
-    let err = s.handle(&mut p, Timestamp(4), PurchaseInput::Buyer(BuyerCommand::Cancel { request_id: "c".into() })).unwrap_err();
+    let err = s
+        .handle(&mut p, Timestamp(4), PurchaseInput::Buyer(BuyerCommand::Cancel { request_id: "c".into() }))
+        .unwrap_err();
     assert_eq!(err.http_status(), 409);
 }
 
@@ -129,19 +133,22 @@ fn buyer_commands_in_the_wrong_state_are_409() {
 fn buyer_cancel_while_awaiting_delivery_voids_the_hold_and_ends_refunded() {
     let s = saga();
     let mut p = awaiting(&s);
-    let tr = s.handle(&mut p, Timestamp(3), PurchaseInput::Buyer(BuyerCommand::Cancel { request_id: "c".into() })).unwrap();
+    let tr =
+        s.handle(&mut p, Timestamp(3), PurchaseInput::Buyer(BuyerCommand::Cancel { request_id: "c".into() })).unwrap();
     assert_eq!(tr.state, PurchaseState::Compensating);
     let void = one(&tr);
     assert!(matches!(void.call, Call::CancelPaymentIntent { .. }), "{void:?}");
     let tr = s.handle(&mut p, Timestamp(4), PurchaseInput::EffectSucceeded { effect: void.id, output: None }).unwrap();
     let release = one(&tr);
     assert!(matches!(release.call, Call::ReleaseListing { .. }), "{release:?}");
-    let tr = s.handle(&mut p, Timestamp(5), PurchaseInput::EffectSucceeded { effect: release.id, output: None }).unwrap();
+    let tr =
+        s.handle(&mut p, Timestamp(5), PurchaseInput::EffectSucceeded { effect: release.id, output: None }).unwrap();
     assert_eq!(tr.state, PurchaseState::Refunded);
     assert!(tr.effects.is_empty());
     // The buyer's client lost the answer and retries the same request: the
     // first answer again, not a 409; a new cancel request is refused.
-    let again = s.handle(&mut p, Timestamp(6), PurchaseInput::Buyer(BuyerCommand::Cancel { request_id: "c".into() })).unwrap();
+    let again =
+        s.handle(&mut p, Timestamp(6), PurchaseInput::Buyer(BuyerCommand::Cancel { request_id: "c".into() })).unwrap();
     assert_eq!((again.state, again.effects.len()), (PurchaseState::Refunded, 0));
     let reloaded = s.load(&serde_json::to_string(&p).unwrap()).unwrap();
     assert_eq!(reloaded, p, "cancel request ids survive a restart");
@@ -185,7 +192,10 @@ fn a_long_dispute_captures_before_the_hold_lapses_then_refunds() {
     let hook = StripeEvent { id: "evt_1".into(), kind: StripeEventKind::Succeeded, object_id: Some("pi_1".into()) };
     s.handle(&mut p, Timestamp(guard.0 + 1), PurchaseInput::Stripe(hook.clone())).unwrap();
     // the late HTTP answer and a duplicate webhook change nothing
-    assert_eq!(s.handle(&mut p, Timestamp(guard.0 + 2), ok(&capture, None)).unwrap().outcome, Outcome::Ignored(orchestrator::Ignored::Stale));
+    assert_eq!(
+        s.handle(&mut p, Timestamp(guard.0 + 2), ok(&capture, None)).unwrap().outcome,
+        Outcome::Ignored(orchestrator::Ignored::Stale)
+    );
     let dup = s.handle(&mut p, Timestamp(guard.0 + 3), PurchaseInput::Stripe(hook)).unwrap();
     assert_eq!(dup.outcome, Outcome::Ignored(orchestrator::Ignored::Duplicate));
     let resolve = PurchaseInput::Operator(PurchaseOperatorCommand::ResolveDispute { outcome: DisputeOutcome::Refund });
@@ -202,7 +212,8 @@ fn declined_card_ends_cancelled_after_releasing_the_listing() {
     let (mut p, tr) = s.start(order(), Timestamp(0), 1).unwrap();
     let reserve = one(&tr);
     s.handle(&mut p, Timestamp(1), ok(&reserve, None)).unwrap();
-    let declined = StripeEvent { id: "evt_d".into(), kind: StripeEventKind::PaymentFailed, object_id: Some("pi_1".into()) };
+    let declined =
+        StripeEvent { id: "evt_d".into(), kind: StripeEventKind::PaymentFailed, object_id: Some("pi_1".into()) };
     let release = one(&s.handle(&mut p, Timestamp(2), PurchaseInput::Stripe(declined)).unwrap());
     assert!(matches!(release.call, Call::ReleaseListing { .. }));
     s.handle(&mut p, Timestamp(3), ok(&release, None)).unwrap();
@@ -213,7 +224,9 @@ fn declined_card_ends_cancelled_after_releasing_the_listing() {
 fn refund_is_refused_after_the_pivot() {
     let s = saga();
     let mut p = awaiting(&s);
-    let capture = one(&s.handle(&mut p, Timestamp(3), PurchaseInput::Buyer(BuyerCommand::ConfirmDelivery { request_id: "r".into() })).unwrap());
+    let capture = one(&s
+        .handle(&mut p, Timestamp(3), PurchaseInput::Buyer(BuyerCommand::ConfirmDelivery { request_id: "r".into() }))
+        .unwrap());
     s.handle(&mut p, Timestamp(4), ok(&capture, None)).unwrap();
     let err = s.handle(&mut p, Timestamp(5), PurchaseInput::Operator(PurchaseOperatorCommand::Refund)).unwrap_err();
     assert_eq!(err, PurchaseError::PastPivot);
@@ -227,7 +240,12 @@ fn state_names_and_operator_view() {
     let s = saga();
     let (mut p, tr) = s.start(order(), Timestamp(0), 1).unwrap();
     let reserve = one(&tr);
-    s.handle(&mut p, Timestamp(1), PurchaseInput::EffectFailed { effect: reserve.id, retryable: true, error: "503".into() }).unwrap();
+    s.handle(
+        &mut p,
+        Timestamp(1),
+        PurchaseInput::EffectFailed { effect: reserve.id, retryable: true, error: "503".into() },
+    )
+    .unwrap();
     let v = &s.step_views(&p)[0];
     assert_eq!((v.name.as_str(), v.status, v.attempts), ("reserve_listing", StepPhase::Running, 1));
     assert_eq!(v.last_error.as_deref(), Some("503"));

@@ -18,13 +18,16 @@ use serde_json::Value;
 pub fn service_url(worker: &str) -> String {
     let var = format!("E2E_{}_URL", worker.to_uppercase().replace('-', "_"));
     std::env::var(&var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run the end-to-end tests through `cargo xtask test`, which starts the stack they need")
+        panic!(
+            "{var} is not set: run the end-to-end tests through `cargo xtask test`, which starts the stack they need"
+        )
     })
 }
 
 /// A configured secret (`CHECKOUT_TOKEN`, `OPS_TOKEN`, ...).
 pub fn secret(name: &str) -> String {
-    std::env::var(format!("E2E_{name}")).unwrap_or_else(|_| panic!("E2E_{name} is not set: run through `cargo xtask test`"))
+    std::env::var(format!("E2E_{name}"))
+        .unwrap_or_else(|_| panic!("E2E_{name} is not set: run through `cargo xtask test`"))
 }
 
 pub fn agent() -> ureq::Agent {
@@ -90,7 +93,13 @@ pub fn send(method: &str, url: &str, token: Option<&str>, body: Option<&Value>) 
 }
 
 /// [`send`] with extra request headers, e.g. `("idempotency-key", key)`.
-pub fn send_with(method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<&Value>) -> Reply {
+pub fn send_with(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Reply {
     let mut all: Vec<(&str, String)> = headers.iter().map(|(k, v)| (*k, v.to_string())).collect();
     if let Some(token) = token {
         all.push(("authorization", format!("Bearer {token}")));
@@ -192,7 +201,13 @@ pub fn form_encode(pairs: &[(&str, &str)]) -> String {
 
 /// Sends `method` to `url` with an optional bearer token, extra headers and
 /// a form body (`None`: no body), and returns the raw reply.
-pub fn send_form(method: &str, url: &str, token: Option<&str>, headers: &[(&str, &str)], form: Option<&[(&str, &str)]>) -> RawReply {
+pub fn send_form(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    form: Option<&[(&str, &str)]>,
+) -> RawReply {
     let mut request = ureq::http::Request::builder().method(method).uri(url);
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));

@@ -98,7 +98,9 @@ fn parse_template(template: &str) -> Result<Vec<Segment>, String> {
 fn concrete_segments(path: &str) -> Vec<&str> {
     let path = path.split(['?', '#']).next().unwrap_or("");
     let path = match path.split_once("://") {
-        Some((scheme, rest)) if !scheme.is_empty() && !scheme.contains('/') => rest.find('/').map_or("", |i| &rest[i..]),
+        Some((scheme, rest)) if !scheme.is_empty() && !scheme.contains('/') => {
+            rest.find('/').map_or("", |i| &rest[i..])
+        }
         _ => path,
     };
     path.split('/').filter(|s| !s.is_empty()).collect()
@@ -149,9 +151,16 @@ impl PathItem {
 
 /// What a request resolves to.
 pub enum Found<'a> {
-    Operation { service: &'a str, template: &'a str, operation: &'a Operation },
+    Operation {
+        service: &'a str,
+        template: &'a str,
+        operation: &'a Operation,
+    },
     /// The path is documented but not with this method.
-    MethodNotDocumented { service: &'a str, template: &'a str },
+    MethodNotDocumented {
+        service: &'a str,
+        template: &'a str,
+    },
     /// Not part of the public API of this service: not checked.
     NotDocumented,
 }
@@ -232,7 +241,8 @@ impl Spec {
                     .and_then(Value::as_str)
                     .ok_or_else(|| format!("{} {template}: no operationId", method.to_uppercase()))?
                     .to_string();
-                let raw_responses = op.get("responses").and_then(Value::as_object).ok_or_else(|| format!("{id}: no responses"))?;
+                let raw_responses =
+                    op.get("responses").and_then(Value::as_object).ok_or_else(|| format!("{id}: no responses"))?;
                 let mut responses = BTreeMap::new();
                 for (status, response) in raw_responses {
                     let response = deref(&document, response).map_err(|e| format!("{id} {status}: {e}"))?;
@@ -242,8 +252,13 @@ impl Spec {
                             let media = content
                                 .get("application/json")
                                 .ok_or_else(|| format!("{id} {status}: content without application/json"))?;
-                            let schema = media.get("schema").ok_or_else(|| format!("{id} {status}: application/json without a schema"))?;
-                            Some(compile(&document, schema).map_err(|e| format!("{id} {status}: schema does not compile: {e}"))?)
+                            let schema = media
+                                .get("schema")
+                                .ok_or_else(|| format!("{id} {status}: application/json without a schema"))?;
+                            Some(
+                                compile(&document, schema)
+                                    .map_err(|e| format!("{id} {status}: schema does not compile: {e}"))?,
+                            )
                         }
                     };
                     responses.insert(status.clone(), Expected { schema });
@@ -260,7 +275,10 @@ impl Spec {
         // Most specific first: literal segments win over parameters.
         paths.sort_by_key(|p| std::cmp::Reverse(p.literal_count()));
         let error = match resolve_ref(&document, "#/components/schemas/Error") {
-            Some(_) => Some(compile(&document, &json!({"$ref": "#/components/schemas/Error"})).map_err(|e| format!("Error schema: {e}"))?),
+            Some(_) => Some(
+                compile(&document, &json!({"$ref": "#/components/schemas/Error"}))
+                    .map_err(|e| format!("Error schema: {e}"))?,
+            ),
             None => None,
         };
         Ok(Spec { document, paths, error })
@@ -290,7 +308,8 @@ impl Spec {
     /// Finds what `method path` on `service` is in the document.
     pub fn find<'a>(&'a self, service: &str, method: &str, path: &str) -> Found<'a> {
         let segments = concrete_segments(path);
-        let Some(item) = self.paths.iter().find(|p| p.service == service && segments_match(&p.segments, &segments)) else {
+        let Some(item) = self.paths.iter().find(|p| p.service == service && segments_match(&p.segments, &segments))
+        else {
             return Found::NotDocumented;
         };
         match item.operations.iter().find(|o| o.method.eq_ignore_ascii_case(method)) {
@@ -318,7 +337,10 @@ impl Spec {
             Found::Operation { template, operation, .. } => {
                 let name = format!("{} ({method} {template} on {service})", operation.id);
                 let expected = response_for(&operation.responses, status).ok_or_else(|| {
-                    format!("{name} answered {status}, which it does not document (documented: {})", operation.statuses.join(", "))
+                    format!(
+                        "{name} answered {status}, which it does not document (documented: {})",
+                        operation.statuses.join(", ")
+                    )
                 })?;
                 match &expected.schema {
                     None if body.is_null() || body.as_str() == Some("") => Ok(()),
@@ -328,7 +350,10 @@ impl Spec {
                         if errors.is_empty() {
                             Ok(())
                         } else {
-                            Err(format!("{name} answered {status} with a body that breaks its schema:\n{}", bullet(&errors)))
+                            Err(format!(
+                                "{name} answered {status} with a body that breaks its schema:\n{}",
+                                bullet(&errors)
+                            ))
                         }
                     }
                 }
@@ -420,8 +445,14 @@ mod tests {
         assert!(!matches_template("/v1/purchases/{id}", "/v1/purchases"));
         assert!(!matches_template("/v1/purchases/{id}", "/v1/purchases/pur_1/cancel"));
         assert!(!matches_template("/v1/purchases/{id}/cancel", "/v1/purchases/pur_1/dispute"));
-        assert!(!matches_template("/v1/purchases/{id}.json", "/v1/purchases/pur_1.json"), "partial-segment parameters are refused");
-        assert!(matches_template("/v1/purchases/{id}", "http://127.0.0.1:8797/v1/purchases/pur_1?x=1"), "full URLs too");
+        assert!(
+            !matches_template("/v1/purchases/{id}.json", "/v1/purchases/pur_1.json"),
+            "partial-segment parameters are refused"
+        );
+        assert!(
+            matches_template("/v1/purchases/{id}", "http://127.0.0.1:8797/v1/purchases/pur_1?x=1"),
+            "full URLs too"
+        );
         assert!(matches_template("/v1/purchases", "https://pay.example/v1/purchases"));
         assert!(!matches_template("/v1/purchases", "http://127.0.0.1:8797"));
     }
@@ -434,7 +465,10 @@ mod tests {
         }
         let key = |status| {
             let expected = response_for(&responses, status).expect("some response");
-            ["200", "4XX", "default"].into_iter().find(|k| expected.schema.as_ref().expect("schema").is_valid(&json!(k))).expect("one")
+            ["200", "4XX", "default"]
+                .into_iter()
+                .find(|k| expected.schema.as_ref().expect("schema").is_valid(&json!(k)))
+                .expect("one")
         };
         assert_eq!(key(200), "200");
         assert_eq!(key(404), "4XX");

@@ -91,9 +91,21 @@ fn wait_events(campaign: &str, cond: impl Fn(&[Value]) -> bool) -> Vec<Value> {
 fn campaigns_are_validated_and_stored() {
     let species = unique("crud");
     let id = unique("cmp_crud");
-    assert_eq!(send("PUT", &format!("{}/v1/campaigns/{id}", ads()), None, Some(&campaign(&species, json!({})))).status, 401);
-    assert_eq!(send("PUT", &format!("{}/v1/campaigns/{id}", ads()), Some("nope"), Some(&campaign(&species, json!({})))).status, 401);
-    let bad = put(&id, &campaign(&species, json!({"creative": {"title": "x", "image_url": "https://a.example/i.png", "landing_url": "http://a.example/"}})));
+    assert_eq!(
+        send("PUT", &format!("{}/v1/campaigns/{id}", ads()), None, Some(&campaign(&species, json!({})))).status,
+        401
+    );
+    assert_eq!(
+        send("PUT", &format!("{}/v1/campaigns/{id}", ads()), Some("nope"), Some(&campaign(&species, json!({})))).status,
+        401
+    );
+    let bad = put(
+        &id,
+        &campaign(
+            &species,
+            json!({"creative": {"title": "x", "image_url": "https://a.example/i.png", "landing_url": "http://a.example/"}}),
+        ),
+    );
     assert_eq!((bad.status, bad.body["error"]["code"].as_str()), (422, Some("invalid_field")), "{:?}", bad.body);
     let bad = put(&id, &campaign(&species, json!({"bid": {"type": "cpm", "value": "0.00", "currency": "EUR"}})));
     assert_eq!(bad.status, 422, "{:?}", bad.body);
@@ -121,12 +133,16 @@ fn campaigns_are_validated_and_stored() {
 fn targeting_decides_eligibility() {
     let species = unique("tgt");
     let id = unique("cmp_tgt");
-    let body = campaign(&species, json!({"targeting": {
-        "species": [species], "breeds": ["Labrador"], "age_months": {"min": 2, "max": 24},
-        "interests": ["agility", "toys"], "regions": ["berlin"]
-    }}));
+    let body = campaign(
+        &species,
+        json!({"targeting": {
+            "species": [species], "breeds": ["Labrador"], "age_months": {"min": 2, "max": 24},
+            "interests": ["agility", "toys"], "regions": ["berlin"]
+        }}),
+    );
     assert_eq!(put(&id, &body).status, 201);
-    let base = format!("placement=feed&species={species}&breed=labrador&age_months=12&interests=naps,toys&region=berlin");
+    let base =
+        format!("placement=feed&species={species}&breed=labrador&age_months=12&interests=naps,toys&region=berlin");
     let hit = ad(&format!("{base}&user={}", unique("u")));
     assert_eq!(hit.status, 200, "{:?}", hit.body);
     assert_eq!(hit.body["ad"]["campaign_id"], id.as_str());
@@ -146,7 +162,10 @@ fn targeting_decides_eligibility() {
     }
     // A second, higher bidder: it wins and pays the first one's eCPM.
     let rich = unique("cmp_tgt_rich");
-    assert_eq!(put(&rich, &campaign(&species, json!({"bid": {"type": "cpm", "value": "3.00", "currency": "EUR"}}))).status, 201);
+    assert_eq!(
+        put(&rich, &campaign(&species, json!({"bid": {"type": "cpm", "value": "3.00", "currency": "EUR"}}))).status,
+        201
+    );
     let r = ad(&format!("{base}&user={}", unique("u")));
     assert_eq!(r.body["ad"]["campaign_id"], rich.as_str(), "{:?}", r.body);
     assert_eq!(r.body["ad"]["price"]["value"], "2.00");
@@ -175,7 +194,10 @@ fn budget_exhaustion_stops_delivery_within_the_bound() {
     // Alone it pays the 0.50 reserve eCPM: 0.0005 EUR per impression, so a
     // 0.01 budget buys 20 impressions. One isolate (the local stack) may
     // overspend by at most one charge.
-    let body = campaign(&species, json!({"bid": {"type": "cpm", "value": "10.00", "currency": "EUR"}, "daily_budget": {"value": "0.01", "currency": "EUR"}}));
+    let body = campaign(
+        &species,
+        json!({"bid": {"type": "cpm", "value": "10.00", "currency": "EUR"}, "daily_budget": {"value": "0.01", "currency": "EUR"}}),
+    );
     assert_eq!(put(&id, &body).status, 201);
     let mut served = 0;
     for _ in 0..40 {
@@ -212,7 +234,11 @@ fn frequency_cap_limits_each_user() {
         assert_eq!(ad(&format!("placement=feed&user={alice}&species={species}")).status, 200);
     }
     assert_eq!(ad(&format!("placement=feed&user={alice}&species={species}")).status, 204);
-    assert_eq!(ad(&format!("placement=story&user={alice}&species={species}")).status, 204, "the cap is per user, not per placement");
+    assert_eq!(
+        ad(&format!("placement=story&user={alice}&species={species}")).status,
+        204,
+        "the cap is per user, not per placement"
+    );
     assert_eq!(ad(&format!("placement=feed&user={}&species={species}", unique("bob"))).status, 200);
 }
 
@@ -220,7 +246,10 @@ fn frequency_cap_limits_each_user() {
 fn click_path() {
     let species = unique("click");
     let id = unique("cmp_click");
-    assert_eq!(put(&id, &campaign(&species, json!({"bid": {"type": "cpc", "value": "0.40", "currency": "EUR"}}))).status, 201);
+    assert_eq!(
+        put(&id, &campaign(&species, json!({"bid": {"type": "cpc", "value": "0.40", "currency": "EUR"}}))).status,
+        201
+    );
     let user = unique("u");
     let r = ad(&format!("placement=feed&user={user}&species={species}&breed=beagle&interests=toys&region=berlin"));
     assert_eq!(r.status, 200, "{:?}", r.body);

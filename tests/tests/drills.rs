@@ -57,7 +57,8 @@ fn stripe_key() -> String {
 }
 
 fn set_chaos(settings: Value) {
-    let reply = send("POST", &format!("{}/_sandbox/chaos", service_url("sandbox-psp")), Some(&stripe_key()), Some(&settings));
+    let reply =
+        send("POST", &format!("{}/_sandbox/chaos", service_url("sandbox-psp")), Some(&stripe_key()), Some(&settings));
     assert_eq!(reply.status, 200, "setting chaos: {:?}", reply.body);
 }
 
@@ -87,7 +88,13 @@ fn listing(id: &str) -> Value {
 
 fn checkout(key: &str, listing_id: &str, payment_method: &str) -> Reply {
     let body = json!({ "listing_id": listing_id, "buyer_id": "buyer_drill", "payment_method": payment_method });
-    send_with("POST", &format!("{}/v1/purchases", payments()), Some(&checkout_token()), &[("idempotency-key", key)], Some(&body))
+    send_with(
+        "POST",
+        &format!("{}/v1/purchases", payments()),
+        Some(&checkout_token()),
+        &[("idempotency-key", key)],
+        Some(&body),
+    )
 }
 
 fn purchase(id: &str) -> Value {
@@ -147,7 +154,8 @@ fn int(v: &Value, field: &str) -> i64 {
 fn check_money(p: &Value) -> Result<(), String> {
     let id = p["id"].as_str().unwrap_or_default();
     let l = ledger(id);
-    let (captured, refunded, voided, transferred) = (int(&l, "captured"), int(&l, "refunded"), int(&l, "voided"), int(&l, "transferred"));
+    let (captured, refunded, voided, transferred) =
+        (int(&l, "captured"), int(&l, "refunded"), int(&l, "voided"), int(&l, "transferred"));
     let total = minor(&p["amount"]);
     let fail = |what: &str| Err(format!("{id} ({}): {what}; ledger {l}", p["state"]));
     for op in l["operations"].as_array().into_iter().flatten() {
@@ -161,7 +169,9 @@ fn check_money(p: &Value) -> Result<(), String> {
     match p["state"].as_str() {
         Some("completed") => {
             if captured != total || refunded != 0 || transferred != minor(&p["seller_payout"]) {
-                return fail("a completed purchase must capture the total and pay the seller total minus fee, exactly once");
+                return fail(
+                    "a completed purchase must capture the total and pay the seller total minus fee, exactly once",
+                );
             }
         }
         Some("refunded") => {
@@ -254,15 +264,26 @@ fn chaos() {
     let drill = Drill::start("chaos");
     const PURCHASES: usize = 200;
     const LISTINGS: usize = 20;
-    let listings: Vec<String> = (0..LISTINGS).map(|i| create_listing(&format!("{}.{:02}", 20 + i, i * 7 % 100), 10)).collect();
+    let listings: Vec<String> =
+        (0..LISTINGS).map(|i| create_listing(&format!("{}.{:02}", 20 + i, i * 7 % 100), 10)).collect();
     let settings = json!({
         "webhook_duplicate_rate": 0.3, "webhook_reorder_rate": 0.2, "webhook_delay_rate": 0.3,
         "webhook_max_delay_ms": 1500, "webhook_drop_rate": 0.2, "api_error_rate": 0.2
     });
     set_chaos(settings.clone());
     drill.report(format!("sandbox chaos {settings}"));
-    let plans = [Plan::Confirm, Plan::Cancel, Plan::DisputeRefund, Plan::DisputeRelease, Plan::Silence, Plan::Confirm, Plan::Silence, Plan::Declined];
-    let work: Vec<(String, Plan)> = (0..PURCHASES).map(|i| (listings[i % LISTINGS].clone(), plans[i % plans.len()])).collect();
+    let plans = [
+        Plan::Confirm,
+        Plan::Cancel,
+        Plan::DisputeRefund,
+        Plan::DisputeRelease,
+        Plan::Silence,
+        Plan::Confirm,
+        Plan::Silence,
+        Plan::Declined,
+    ];
+    let work: Vec<(String, Plan)> =
+        (0..PURCHASES).map(|i| (listings[i % LISTINGS].clone(), plans[i % plans.len()])).collect();
     let queue = Mutex::new(work.into_iter());
     let results = Mutex::new(Vec::new());
     thread::scope(|scope| {
@@ -299,7 +320,9 @@ fn chaos() {
         let l = listing(id);
         assert_eq!(l["available"].as_i64(), Some(10 - sold), "listing {id}: {l:#}");
     }
-    drill.report(format!("{PURCHASES} purchases over {LISTINGS} listings, end states {by_state:?}, {retried} needed retries"));
+    drill.report(format!(
+        "{PURCHASES} purchases over {LISTINGS} listings, end states {by_state:?}, {retried} needed retries"
+    ));
     drill.report("every purchase reached its planned state; provider ledger: each idempotency key executed once, completed = captured total and paid total-minus-fee once, refunded = everything back, nobody paid; listings sold exactly the completed units");
 }
 
@@ -320,7 +343,8 @@ fn race_for_the_last_unit() {
             .collect();
         handles.into_iter().map(|h| h.join().expect("checkout thread")).collect()
     });
-    let views: Vec<Value> = ids.iter().map(|id| wait_until(id, &["awaiting_delivery", "cancelled"], Duration::from_secs(60))).collect();
+    let views: Vec<Value> =
+        ids.iter().map(|id| wait_until(id, &["awaiting_delivery", "cancelled"], Duration::from_secs(60))).collect();
     let winners: Vec<&Value> = views.iter().filter(|v| v["state"] == "awaiting_delivery").collect();
     assert_eq!(winners.len(), 1, "exactly one buyer gets the last unit");
     let winner = winners[0]["id"].as_str().expect("id").to_string();
@@ -340,7 +364,8 @@ fn races_on_one_purchase() {
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     for round in 0..12 {
         let listing_id = create_listing("64.00", 1);
-        let id = checkout(&unique("contested"), &listing_id, "pm_card_visa").body["id"].as_str().expect("id").to_string();
+        let id =
+            checkout(&unique("contested"), &listing_id, "pm_card_visa").body["id"].as_str().expect("id").to_string();
         wait_until(&id, &["awaiting_delivery"], Duration::from_secs(30));
         let answers: Vec<(&str, u16)> = thread::scope(|scope| {
             let id = &id;
@@ -349,7 +374,8 @@ fn races_on_one_purchase() {
                 .iter()
                 .map(|action| {
                     scope.spawn(move || {
-                        let reply = if *action == "ops-refund" { operator(id, "refund", None) } else { buyer(id, action) };
+                        let reply =
+                            if *action == "ops-refund" { operator(id, "refund", None) } else { buyer(id, action) };
                         (*action, reply.status)
                     })
                 })
@@ -365,7 +391,8 @@ fn races_on_one_purchase() {
             view = wait_until(&id, &["refunded"], Duration::from_secs(30));
         }
         check_money(&view).unwrap_or_else(|p| panic!("round {round}: {p}"));
-        let refunds = ledger(&id)["operations"].as_array().into_iter().flatten().filter(|op| op["path"] == "/v1/refunds").count();
+        let refunds =
+            ledger(&id)["operations"].as_array().into_iter().flatten().filter(|op| op["path"] == "/v1/refunds").count();
         assert!(refunds <= 1, "round {round}: {refunds} refunds");
         let summary: Vec<String> = answers.iter().map(|(a, s)| format!("{a}={s}")).collect();
         *outcomes.entry(format!("{} [{}]", view["state"].as_str().unwrap_or(""), summary.join(" "))).or_default() += 1;
@@ -398,51 +425,345 @@ fn hostile_input() {
     };
     let purchase_url = format!("{p}/v1/purchases");
     let big = format!("{{\"listing_id\": \"{listing_id}\", \"buyer_id\": \"{}\"}}", "x".repeat(70_000));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let event = json!({ "id": "evt_hostile", "object": "event", "type": "payment_intent.succeeded", "created": now,
-        "data": { "object": { "id": "pi_x", "object": "payment_intent", "metadata": { "purchase_id": victim } } } }).to_string();
-    let sign = |at: i64, body: &str| webhooks::stripe::sign_header(&secret("STRIPE_WEBHOOK_SECRET"), at, body.as_bytes());
+        "data": { "object": { "id": "pi_x", "object": "payment_intent", "metadata": { "purchase_id": victim } } } })
+    .to_string();
+    let sign =
+        |at: i64, body: &str| webhooks::stripe::sign_header(&secret("STRIPE_WEBHOOK_SECRET"), at, body.as_bytes());
     let bearer = |t: &str| format!("Bearer {t}");
     // (what, method, url, headers, body, expected status, expected code)
     type Case = (&'static str, &'static str, String, Vec<(&'static str, String)>, String, u16, &'static str);
     let json_ct = || ("content-type", "application/json".to_string());
     let cases: Vec<Case> = vec![
-        ("bad JSON", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], "{\"listing_id\": ".into(), 422, "invalid_json"),
-        ("empty body", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], "".into(), 422, "invalid_json"),
-        ("JSON array", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], "[1,2]".into(), 422, "invalid_json"),
-        ("fields by position in an array", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], json!([listing_id, "b1", 1, "pm_card_visa"]).to_string(), 422, "invalid_json"),
-        ("quantity as string", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], with(json!({"quantity": "1"})), 422, "invalid_field"),
-        ("negative quantity", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], with(json!({"quantity": -2})), 422, "invalid_field"),
-        ("zero quantity", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], with(json!({"quantity": 0})), 422, "invalid_field"),
-        ("huge quantity", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], with(json!({"quantity": 9_007_199_254_740_993u64})), 422, "invalid_field"),
-        ("fractional quantity", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], with(json!({"quantity": 1.5})), 422, "invalid_field"),
-        ("client-set price", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], with(json!({"price": {"value": "0.01", "currency": "EUR"}})), 422, "invalid_field"),
-        ("unknown listing", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], with(json!({"listing_id": "lst_nosuchlisting"})), 422, "unknown_listing"),
-        ("listing id that is not an id", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], with(json!({"listing_id": "../../etc/passwd"})), 422, "invalid_field"),
-        ("no token", "POST", purchase_url.clone(), vec![json_ct(), ("idempotency-key", unique("h"))], good.to_string(), 401, "unauthorized"),
-        ("wrong token", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer("guess")), ("idempotency-key", unique("h"))], good.to_string(), 401, "unauthorized"),
-        ("not a bearer token", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", format!("Basic {ck}")), ("idempotency-key", unique("h"))], good.to_string(), 401, "unauthorized"),
-        ("operator token at checkout", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ops)), ("idempotency-key", unique("h"))], good.to_string(), 403, "forbidden"),
-        ("checkout token on the ops API", "POST", format!("{p}/v1/ops/purchases/{victim}/refund"), vec![("authorization", bearer(&ck))], String::new(), 403, "forbidden"),
-        ("missing Idempotency-Key", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck))], good.to_string(), 422, "idempotency_key_required"),
-        ("Idempotency-Key with spaces", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", "a b".into())], good.to_string(), 422, "invalid_idempotency_key"),
-        ("oversized body", "POST", purchase_url.clone(), vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))], big, 413, "payload_too_large"),
-        ("purchase id that is not an id", "GET", format!("{p}/v1/purchases/pur_..%2F..%2Fx"), vec![("authorization", bearer(&ck))], String::new(), 404, "not_found"),
-        ("encoded dot segments", "GET", format!("{p}/v1/purchases/%2e%2e"), vec![("authorization", bearer(&ck))], String::new(), 404, "not_found"),
-        ("unknown purchase action", "POST", format!("{p}/v1/purchases/{victim}/refund-me"), vec![("authorization", bearer(&ck))], String::new(), 404, "not_found"),
-        ("buyer action on an unknown purchase", "POST", format!("{p}/v1/purchases/pur_nosuchpurchase/dispute"), vec![("authorization", bearer(&ck))], String::new(), 404, "not_found"),
-        ("resolve a purchase that is not disputed", "POST", format!("{p}/v1/ops/purchases/{victim}/resolve"), vec![json_ct(), ("authorization", bearer(&ops))], json!({"outcome": "release"}).to_string(), 409, "invalid_state"),
-        ("resolve with an unknown outcome", "POST", format!("{p}/v1/ops/purchases/{victim}/resolve"), vec![json_ct(), ("authorization", bearer(&ops))], json!({"outcome": "both"}).to_string(), 422, "invalid_field"),
-        ("ops listing with a bad state", "GET", format!("{p}/v1/ops/purchases?state=stolen"), vec![("authorization", bearer(&ops))], String::new(), 422, "invalid_field"),
-        ("ops listing with a forged cursor", "GET", format!("{p}/v1/ops/purchases?cursor=3132332e6c73745f31"), vec![("authorization", bearer(&ops))], String::new(), 422, "invalid_field"),
-        ("webhook without signature", "POST", format!("{p}/v1/webhooks/stripe"), vec![json_ct()], event.clone(), 400, "missing_signature"),
-        ("webhook tampered", "POST", format!("{p}/v1/webhooks/stripe"), vec![json_ct(), ("stripe-signature", sign(now, &event))], event.replace("pi_x", "pi_y"), 400, "signature_mismatch"),
-        ("webhook replayed an hour later", "POST", format!("{p}/v1/webhooks/stripe"), vec![json_ct(), ("stripe-signature", sign(now - 3600, &event))], event.clone(), 400, "timestamp_out_of_tolerance"),
-        ("webhook dated in the future", "POST", format!("{p}/v1/webhooks/stripe"), vec![json_ct(), ("stripe-signature", sign(now + 3600, &event))], event.clone(), 400, "timestamp_out_of_tolerance"),
-        ("webhook signed with another secret", "POST", format!("{p}/v1/webhooks/stripe"), vec![json_ct(), ("stripe-signature", webhooks::stripe::sign_header("whsec_attacker", now, event.as_bytes()))], event.clone(), 400, "signature_mismatch"),
-        ("listing with an unknown currency", "POST", format!("{m}/v1/listings"), vec![json_ct(), ("authorization", bearer(&ops))], listing_body(json!({"price": {"value": "10.00", "currency": "XAU"}})).to_string(), 422, "unknown_currency"),
-        ("listing with a negative price", "POST", format!("{m}/v1/listings"), vec![json_ct(), ("authorization", bearer(&ops))], listing_body(json!({"price": {"value": "-1.00", "currency": "EUR"}})).to_string(), 422, "invalid_amount"),
-        ("listing with a checkout token", "POST", format!("{m}/v1/listings"), vec![json_ct(), ("authorization", bearer(&ck))], listing_body(json!({})).to_string(), 401, "unauthorized"),
+        (
+            "bad JSON",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))],
+            "{\"listing_id\": ".into(),
+            422,
+            "invalid_json",
+        ),
+        (
+            "empty body",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))],
+            "".into(),
+            422,
+            "invalid_json",
+        ),
+        (
+            "JSON array",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))],
+            "[1,2]".into(),
+            422,
+            "invalid_json",
+        ),
+        (
+            "fields by position in an array",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))],
+            json!([listing_id, "b1", 1, "pm_card_visa"]).to_string(),
+            422,
+            "invalid_json",
+        ),
+        (
+            "quantity as string",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))],
+            with(json!({"quantity": "1"})),
+            422,
+            "invalid_field",
+        ),
+        (
+            "negative quantity",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))],
+            with(json!({"quantity": -2})),
+            422,
+            "invalid_field",
+        ),
+        (
+            "zero quantity",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))],
+            with(json!({"quantity": 0})),
+            422,
+            "invalid_field",
+        ),
+        (
+            "huge quantity",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))],
+            with(json!({"quantity": 9_007_199_254_740_993u64})),
+            422,
+            "invalid_field",
+        ),
+        (
+            "fractional quantity",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))],
+            with(json!({"quantity": 1.5})),
+            422,
+            "invalid_field",
+        ),
+        (
+            "client-set price",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))],
+            with(json!({"price": {"value": "0.01", "currency": "EUR"}})),
+            422,
+            "invalid_field",
+        ),
+        (
+            "unknown listing",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))],
+            with(json!({"listing_id": "lst_nosuchlisting"})),
+            422,
+            "unknown_listing",
+        ),
+        (
+            "listing id that is not an id",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))],
+            with(json!({"listing_id": "../../etc/passwd"})),
+            422,
+            "invalid_field",
+        ),
+        (
+            "no token",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("idempotency-key", unique("h"))],
+            good.to_string(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "wrong token",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer("guess")), ("idempotency-key", unique("h"))],
+            good.to_string(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "not a bearer token",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", format!("Basic {ck}")), ("idempotency-key", unique("h"))],
+            good.to_string(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "operator token at checkout",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ops)), ("idempotency-key", unique("h"))],
+            good.to_string(),
+            403,
+            "forbidden",
+        ),
+        (
+            "checkout token on the ops API",
+            "POST",
+            format!("{p}/v1/ops/purchases/{victim}/refund"),
+            vec![("authorization", bearer(&ck))],
+            String::new(),
+            403,
+            "forbidden",
+        ),
+        (
+            "missing Idempotency-Key",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck))],
+            good.to_string(),
+            422,
+            "idempotency_key_required",
+        ),
+        (
+            "Idempotency-Key with spaces",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", "a b".into())],
+            good.to_string(),
+            422,
+            "invalid_idempotency_key",
+        ),
+        (
+            "oversized body",
+            "POST",
+            purchase_url.clone(),
+            vec![json_ct(), ("authorization", bearer(&ck)), ("idempotency-key", unique("h"))],
+            big,
+            413,
+            "payload_too_large",
+        ),
+        (
+            "purchase id that is not an id",
+            "GET",
+            format!("{p}/v1/purchases/pur_..%2F..%2Fx"),
+            vec![("authorization", bearer(&ck))],
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "encoded dot segments",
+            "GET",
+            format!("{p}/v1/purchases/%2e%2e"),
+            vec![("authorization", bearer(&ck))],
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "unknown purchase action",
+            "POST",
+            format!("{p}/v1/purchases/{victim}/refund-me"),
+            vec![("authorization", bearer(&ck))],
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "buyer action on an unknown purchase",
+            "POST",
+            format!("{p}/v1/purchases/pur_nosuchpurchase/dispute"),
+            vec![("authorization", bearer(&ck))],
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "resolve a purchase that is not disputed",
+            "POST",
+            format!("{p}/v1/ops/purchases/{victim}/resolve"),
+            vec![json_ct(), ("authorization", bearer(&ops))],
+            json!({"outcome": "release"}).to_string(),
+            409,
+            "invalid_state",
+        ),
+        (
+            "resolve with an unknown outcome",
+            "POST",
+            format!("{p}/v1/ops/purchases/{victim}/resolve"),
+            vec![json_ct(), ("authorization", bearer(&ops))],
+            json!({"outcome": "both"}).to_string(),
+            422,
+            "invalid_field",
+        ),
+        (
+            "ops listing with a bad state",
+            "GET",
+            format!("{p}/v1/ops/purchases?state=stolen"),
+            vec![("authorization", bearer(&ops))],
+            String::new(),
+            422,
+            "invalid_field",
+        ),
+        (
+            "ops listing with a forged cursor",
+            "GET",
+            format!("{p}/v1/ops/purchases?cursor=3132332e6c73745f31"),
+            vec![("authorization", bearer(&ops))],
+            String::new(),
+            422,
+            "invalid_field",
+        ),
+        (
+            "webhook without signature",
+            "POST",
+            format!("{p}/v1/webhooks/stripe"),
+            vec![json_ct()],
+            event.clone(),
+            400,
+            "missing_signature",
+        ),
+        (
+            "webhook tampered",
+            "POST",
+            format!("{p}/v1/webhooks/stripe"),
+            vec![json_ct(), ("stripe-signature", sign(now, &event))],
+            event.replace("pi_x", "pi_y"),
+            400,
+            "signature_mismatch",
+        ),
+        (
+            "webhook replayed an hour later",
+            "POST",
+            format!("{p}/v1/webhooks/stripe"),
+            vec![json_ct(), ("stripe-signature", sign(now - 3600, &event))],
+            event.clone(),
+            400,
+            "timestamp_out_of_tolerance",
+        ),
+        (
+            "webhook dated in the future",
+            "POST",
+            format!("{p}/v1/webhooks/stripe"),
+            vec![json_ct(), ("stripe-signature", sign(now + 3600, &event))],
+            event.clone(),
+            400,
+            "timestamp_out_of_tolerance",
+        ),
+        (
+            "webhook signed with another secret",
+            "POST",
+            format!("{p}/v1/webhooks/stripe"),
+            vec![
+                json_ct(),
+                ("stripe-signature", webhooks::stripe::sign_header("whsec_attacker", now, event.as_bytes())),
+            ],
+            event.clone(),
+            400,
+            "signature_mismatch",
+        ),
+        (
+            "listing with an unknown currency",
+            "POST",
+            format!("{m}/v1/listings"),
+            vec![json_ct(), ("authorization", bearer(&ops))],
+            listing_body(json!({"price": {"value": "10.00", "currency": "XAU"}})).to_string(),
+            422,
+            "unknown_currency",
+        ),
+        (
+            "listing with a negative price",
+            "POST",
+            format!("{m}/v1/listings"),
+            vec![json_ct(), ("authorization", bearer(&ops))],
+            listing_body(json!({"price": {"value": "-1.00", "currency": "EUR"}})).to_string(),
+            422,
+            "invalid_amount",
+        ),
+        (
+            "listing with a checkout token",
+            "POST",
+            format!("{m}/v1/listings"),
+            vec![json_ct(), ("authorization", bearer(&ck))],
+            listing_body(json!({})).to_string(),
+            401,
+            "unauthorized",
+        ),
     ];
     let mut checked = 0;
     for (what, method, url, headers, body, status, code) in &cases {
@@ -478,13 +799,23 @@ fn exhausted_retries_need_attention_and_resume() {
     let stuck = wait_until(&id, &["needs_attention"], Duration::from_secs(90));
     assert_eq!(stuck["attention"]["step"], "hold_funds", "{stuck:#}");
     assert_eq!(stuck["attention"]["action"], "compensation");
-    let listed = send("GET", &format!("{}/v1/ops/purchases?state=needs_attention&limit=200", payments()), Some(&ops_token()), None);
+    let listed = send(
+        "GET",
+        &format!("{}/v1/ops/purchases?state=needs_attention&limit=200", payments()),
+        Some(&ops_token()),
+        None,
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut listed = listed;
     while !listed.body["items"].as_array().into_iter().flatten().any(|p| p["id"] == id.as_str()) {
         assert!(Instant::now() < deadline, "{id} is not in the ops listing: {:?}", listed.body);
         thread::sleep(Duration::from_millis(300));
-        listed = send("GET", &format!("{}/v1/ops/purchases?state=needs_attention&limit=200", payments()), Some(&ops_token()), None);
+        listed = send(
+            "GET",
+            &format!("{}/v1/ops/purchases?state=needs_attention&limit=200", payments()),
+            Some(&ops_token()),
+            None,
+        );
     }
     // It stays put (the alarm does not spin) until someone acts.
     thread::sleep(Duration::from_secs(3));

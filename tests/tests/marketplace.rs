@@ -50,7 +50,12 @@ fn invalid_listings_are_refused_with_a_code_and_nothing_is_created() {
     ];
     for (body, status, code) in cases {
         let reply = post(&url, &ops, &body);
-        assert_eq!((reply.status, reply.body["error"]["code"].as_str()), (status, Some(code)), "{body}: {:?}", reply.body);
+        assert_eq!(
+            (reply.status, reply.body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {:?}",
+            reply.body
+        );
     }
     let garbage = send("POST", &url, Some(&ops), None);
     assert_eq!(garbage.status, 422);
@@ -81,7 +86,11 @@ fn reservations_are_idempotent_and_never_oversell() {
     let listing = create(json!({"quantity": 2}));
     let id = listing["id"].as_str().expect("id");
     let reserve = |purchase: &str, quantity: i64| {
-        post(&format!("{}/internal/reservations", base()), &ops, &json!({"purchase_id": purchase, "listing_id": id, "quantity": quantity}))
+        post(
+            &format!("{}/internal/reservations", base()),
+            &ops,
+            &json!({"purchase_id": purchase, "listing_id": id, "quantity": quantity}),
+        )
     };
     let first = fresh_purchase_id();
     assert_eq!(reserve(&first, 1).status, 201);
@@ -122,7 +131,9 @@ fn concurrent_buyers_never_share_the_last_unit() {
     let handles: Vec<_> = (0..12)
         .map(|_| {
             let (ops, id, url) = (ops.clone(), id.clone(), format!("{}/internal/reservations", base()));
-            std::thread::spawn(move || post(&url, &ops, &json!({"purchase_id": fresh_purchase_id(), "listing_id": id, "quantity": 1})).status)
+            std::thread::spawn(move || {
+                post(&url, &ops, &json!({"purchase_id": fresh_purchase_id(), "listing_id": id, "quantity": 1})).status
+            })
         })
         .collect();
     let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().expect("thread")).collect();

@@ -75,7 +75,8 @@ fn every_ref_resolves_inside_the_document() {
     let mut found = Vec::new();
     refs(document(), String::new(), &mut found);
     assert!(found.len() > 50, "the document uses $refs: {}", found.len());
-    let broken: Vec<_> = found.iter().filter(|(_, r)| !r.starts_with("#/") || resolve_ref(document(), r).is_none()).collect();
+    let broken: Vec<_> =
+        found.iter().filter(|(_, r)| !r.starts_with("#/") || resolve_ref(document(), r).is_none()).collect();
     assert!(broken.is_empty(), "unresolvable or external $refs: {broken:?}");
 }
 
@@ -118,11 +119,16 @@ fn every_operation_has_an_id_a_success_and_errors_in_the_shared_shape() {
             }
         }
         // Security is always said explicitly, with schemes that exist.
-        let security = op["security"].as_array().unwrap_or_else(|| panic!("{name}: no security (say `security: []` for none)"));
+        let security =
+            op["security"].as_array().unwrap_or_else(|| panic!("{name}: no security (say `security: []` for none)"));
         for requirement in security {
             for scheme in requirement.as_object().expect("requirement").keys() {
                 let def = &document()["components"]["securitySchemes"][scheme];
-                assert_eq!((def["type"].as_str(), def["scheme"].as_str()), (Some("http"), Some("bearer")), "{name}: {scheme}");
+                assert_eq!(
+                    (def["type"].as_str(), def["scheme"].as_str()),
+                    (Some("http"), Some("bearer")),
+                    "{name}: {scheme}"
+                );
             }
         }
         // Authenticated operations document 401; public ones don't.
@@ -133,7 +139,10 @@ fn every_operation_has_an_id_a_success_and_errors_in_the_shared_shape() {
 #[test]
 fn path_parameters_and_templates_agree() {
     for (template, item) in document()["paths"].as_object().expect("paths") {
-        assert!(["payments", "marketplace"].contains(&item["x-service"].as_str().unwrap_or_default()), "{template}: x-service");
+        assert!(
+            ["payments", "marketplace"].contains(&item["x-service"].as_str().unwrap_or_default()),
+            "{template}: x-service"
+        );
         let in_template: BTreeSet<String> = template
             .split('/')
             .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
@@ -164,7 +173,10 @@ fn response_schemas() -> Vec<(String, &'static Value)> {
     let mut stack: Vec<(String, &Value)> = Vec::new();
     for (method, template, op) in operations() {
         for (status, response) in op["responses"].as_object().expect("responses") {
-            stack.push((format!("{method} {template} {status}"), &deref(response)["content"]["application/json"]["schema"]));
+            stack.push((
+                format!("{method} {template} {status}"),
+                &deref(response)["content"]["application/json"]["schema"],
+            ));
         }
     }
     while let Some((at, schema)) = stack.pop() {
@@ -220,12 +232,17 @@ fn schema(name: &str) -> Value {
 fn the_request_bodies_the_tests_send_are_described() {
     let problems = spec().problems(&schema("NewListing"), &e2e::listing_body(json!({}))).expect("compiles");
     assert!(problems.is_empty(), "{problems:?}");
-    let unknown = spec().problems(&schema("NewListing"), &e2e::listing_body(json!({"unexpected": true}))).expect("compiles");
+    let unknown =
+        spec().problems(&schema("NewListing"), &e2e::listing_body(json!({"unexpected": true}))).expect("compiles");
     assert!(!unknown.is_empty(), "request bodies are strict");
-    let purchase = json!({"listing_id": "lst_abc123", "buyer_id": "buy_1", "quantity": 2, "payment_method": "pm_card_visa"});
+    let purchase =
+        json!({"listing_id": "lst_abc123", "buyer_id": "buy_1", "quantity": 2, "payment_method": "pm_card_visa"});
     assert_eq!(spec().problems(&schema("NewPurchase"), &purchase).expect("compiles"), Vec::<String>::new());
     let priced = json!({"listing_id": "lst_abc123", "buyer_id": "buy_1", "payment_method": "pm_card_visa", "amount": {"value": "1.00", "currency": "EUR"}});
-    assert!(!spec().problems(&schema("NewPurchase"), &priced).expect("compiles").is_empty(), "the client does not set the price");
+    assert!(
+        !spec().problems(&schema("NewPurchase"), &priced).expect("compiles").is_empty(),
+        "the client does not set the price"
+    );
     let key = |k: &str| spec().problems(&schema("IdempotencyKey"), &json!(k)).expect("compiles").is_empty();
     assert!(key("happy-1767225600-0") && key(&"k".repeat(255)));
     assert!(!key("") && !key("has space") && !key(&"k".repeat(256)));
@@ -324,7 +341,11 @@ fn a_right_purchase_is_accepted_in_every_operation_that_returns_one() {
         accepted("payments", "POST", &format!("/v1/ops/purchases/pur_1/{action}"), 200, &p);
     }
     // Additive fields are fine, and so are the nullable fields' other shapes.
-    let mut richer = with(p.clone(), "/attention", json!({"step": "release_funds", "action": "forward", "error": "timeout", "since": "2026-03-02T00:00:00Z"}));
+    let mut richer = with(
+        p.clone(),
+        "/attention",
+        json!({"step": "release_funds", "action": "forward", "error": "timeout", "since": "2026-03-02T00:00:00Z"}),
+    );
     richer["state"] = json!("needs_attention");
     richer["steps"][0]["compensation_attempts"] = json!(0);
     richer["something_new"] = json!({"x": 1});
@@ -351,7 +372,14 @@ fn a_wrong_purchase_is_rejected_with_the_reason() {
         ("an unknown step status", with(purchase(), "/steps/0/status", json!("done"))),
         ("an unknown step", with(purchase(), "/steps/0/name", json!("ship"))),
         ("a history state that is not a state", with(purchase(), "/history/0/to", json!("running"))),
-        ("a bad attention action", with(purchase(), "/attention", json!({"step": "hold_funds", "action": "undo", "error": "x", "since": "2026-03-02T00:00:00Z"}))),
+        (
+            "a bad attention action",
+            with(
+                purchase(),
+                "/attention",
+                json!({"step": "hold_funds", "action": "undo", "error": "x", "since": "2026-03-02T00:00:00Z"}),
+            ),
+        ),
         ("a missing fee", without(purchase(), "fee")),
         ("a missing nullable field", without(purchase(), "payment_intent")),
         ("a quantity as a string", with(purchase(), "/quantity", json!("1"))),

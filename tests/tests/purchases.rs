@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{listing_body, post, send, send_with, service_url, secret, Reply};
+use e2e::{listing_body, post, secret, send, send_with, service_url, Reply};
 use serde_json::{json, Value};
 
 fn payments() -> String {
@@ -202,8 +202,14 @@ fn silence_auto_releases_after_the_inspection_window() {
 fn a_dispute_stops_the_clock_until_an_operator_resolves_it() {
     let refund_listing = create_listing(json!({ "quantity": 1 }));
     let release_listing = create_listing(json!({ "quantity": 1 }));
-    let refund_id = checkout(&unique("dispute-refund"), &order(&refund_listing, "pm_card_visa")).body["id"].as_str().expect("id").to_string();
-    let release_id = checkout(&unique("dispute-release"), &order(&release_listing, "pm_card_visa")).body["id"].as_str().expect("id").to_string();
+    let refund_id = checkout(&unique("dispute-refund"), &order(&refund_listing, "pm_card_visa")).body["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let release_id = checkout(&unique("dispute-release"), &order(&release_listing, "pm_card_visa")).body["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     for id in [&refund_id, &release_id] {
         wait_for(id, "awaiting_delivery", Duration::from_secs(30));
         let disputed = buyer(id, "dispute");
@@ -234,11 +240,19 @@ fn a_dispute_stops_the_clock_until_an_operator_resolves_it() {
 #[test]
 fn operators_list_purchases_from_the_mirror() {
     let listing = create_listing(json!({ "quantity": 1 }));
-    let id = checkout(&unique("ops"), &order(&listing, "pm_card_chargeDeclined")).body["id"].as_str().expect("id").to_string();
+    let id = checkout(&unique("ops"), &order(&listing, "pm_card_chargeDeclined")).body["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
     wait_for(&id, "cancelled", Duration::from_secs(30));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let page = send("GET", &format!("{}/v1/ops/purchases?state=cancelled&limit=200", payments()), Some(&ops_token()), None);
+        let page = send(
+            "GET",
+            &format!("{}/v1/ops/purchases?state=cancelled&limit=200", payments()),
+            Some(&ops_token()),
+            None,
+        );
         assert_eq!(page.status, 200, "{:?}", page.body);
         let items = page.body["items"].as_array().expect("items");
         assert!(items.iter().all(|p| p["state"] == "cancelled"));
@@ -251,7 +265,8 @@ fn operators_list_purchases_from_the_mirror() {
     let first = send("GET", &format!("{}/v1/ops/purchases?limit=1", payments()), Some(&ops_token()), None);
     assert_eq!(first.body["items"].as_array().map(Vec::len), Some(1));
     let cursor = first.body["next_cursor"].as_str().expect("a next page exists").to_string();
-    let second = send("GET", &format!("{}/v1/ops/purchases?limit=1&cursor={cursor}", payments()), Some(&ops_token()), None);
+    let second =
+        send("GET", &format!("{}/v1/ops/purchases?limit=1&cursor={cursor}", payments()), Some(&ops_token()), None);
     assert_eq!(second.status, 200);
     assert_ne!(second.body["items"][0]["id"], first.body["items"][0]["id"]);
     for bad in ["state=lost", "limit=0", "limit=500", "cursor=zzz", "colour=red"] {
@@ -268,9 +283,18 @@ fn bad_checkout_requests_are_refused_and_create_nothing() {
     let code = |r: &Reply| (r.status, r.body["error"]["code"].as_str().unwrap_or_default().to_string());
 
     assert_eq!(code(&send_with_key("POST", &url, None, Some("k-none"), Some(&body))), (401, "unauthorized".into()));
-    assert_eq!(code(&send_with_key("POST", &url, Some("wrong"), Some("k-wrong"), Some(&body))), (401, "unauthorized".into()));
-    assert_eq!(code(&send_with_key("POST", &url, Some(&ops_token()), Some("k-ops"), Some(&body))), (403, "forbidden".into()));
-    assert_eq!(code(&send_with_key("POST", &url, Some(&checkout_token()), None, Some(&body))), (422, "idempotency_key_required".into()));
+    assert_eq!(
+        code(&send_with_key("POST", &url, Some("wrong"), Some("k-wrong"), Some(&body))),
+        (401, "unauthorized".into())
+    );
+    assert_eq!(
+        code(&send_with_key("POST", &url, Some(&ops_token()), Some("k-ops"), Some(&body))),
+        (403, "forbidden".into())
+    );
+    assert_eq!(
+        code(&send_with_key("POST", &url, Some(&checkout_token()), None, Some(&body))),
+        (422, "idempotency_key_required".into())
+    );
     let unknown = order("lst_doesnotexist", "pm_card_visa");
     assert_eq!(code(&checkout(&unique("unknown"), &unknown)), (422, "unknown_listing".into()));
     let mut with_price = body.clone();
@@ -293,11 +317,13 @@ fn bad_checkout_requests_are_refused_and_create_nothing() {
 #[test]
 fn an_operator_can_force_a_refund_before_the_payout_but_not_after() {
     let listing = create_listing(json!({ "price": {"value": "30.00", "currency": "EUR"}, "quantity": 1 }));
-    let id = checkout(&unique("ops-refund"), &order(&listing, "pm_card_visa")).body["id"].as_str().expect("id").to_string();
+    let id =
+        checkout(&unique("ops-refund"), &order(&listing, "pm_card_visa")).body["id"].as_str().expect("id").to_string();
     wait_for(&id, "awaiting_delivery", Duration::from_secs(30));
 
     // The buyer's token is not an operator's.
-    let forbidden = send("POST", &format!("{}/v1/ops/purchases/{id}/refund", payments()), Some(&checkout_token()), None);
+    let forbidden =
+        send("POST", &format!("{}/v1/ops/purchases/{id}/refund", payments()), Some(&checkout_token()), None);
     assert_eq!((forbidden.status, forbidden.body["error"]["code"].as_str()), (403, Some("forbidden")));
     let seen = send("GET", &format!("{}/v1/ops/purchases/{id}", payments()), Some(&ops_token()), None);
     assert_eq!((seen.status, seen.body["state"].as_str()), (200, Some("awaiting_delivery")));
@@ -313,7 +339,8 @@ fn an_operator_can_force_a_refund_before_the_payout_but_not_after() {
     assert_eq!(operator(&id, "retry", None).status, 409);
 
     let paid = create_listing(json!({ "quantity": 1 }));
-    let paid_id = checkout(&unique("ops-late"), &order(&paid, "pm_card_visa")).body["id"].as_str().expect("id").to_string();
+    let paid_id =
+        checkout(&unique("ops-late"), &order(&paid, "pm_card_visa")).body["id"].as_str().expect("id").to_string();
     wait_for(&paid_id, "awaiting_delivery", Duration::from_secs(30));
     assert_eq!(buyer(&paid_id, "confirm-delivery").status, 200);
     wait_for(&paid_id, "completed", Duration::from_secs(30));

@@ -66,11 +66,18 @@ fn ledger(purchase: &str) -> Value {
 }
 
 fn event_types(ledger: &Value) -> Vec<String> {
-    ledger["webhooks"].as_array().map(|a| a.iter().filter_map(|w| w["type"].as_str().map(String::from)).collect()).unwrap_or_default()
+    ledger["webhooks"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|w| w["type"].as_str().map(String::from)).collect())
+        .unwrap_or_default()
 }
 
 fn error_code(reply: &RawReply) -> (u16, &str, &str) {
-    (reply.status, reply.body["error"]["type"].as_str().unwrap_or(""), reply.body["error"]["code"].as_str().unwrap_or(""))
+    (
+        reply.status,
+        reply.body["error"]["type"].as_str().unwrap_or(""),
+        reply.body["error"]["code"].as_str().unwrap_or(""),
+    )
 }
 
 #[test]
@@ -96,14 +103,25 @@ fn hold_capture_refund_and_the_ledger_adds_up() {
     let read = get_v1(&format!("/v1/payment_intents/{pi}"));
     assert_eq!((read.status, &read.body), (200, &hold.body));
 
-    let capture = post(&format!("/v1/payment_intents/{pi}/capture"), &[("amount_to_capture", "12000")], Some(&format!("{purchase}:release:capture")));
+    let capture = post(
+        &format!("/v1/payment_intents/{pi}/capture"),
+        &[("amount_to_capture", "12000")],
+        Some(&format!("{purchase}:release:capture")),
+    );
     assert_eq!(capture.status, 200, "{}", capture.text);
-    assert_eq!((&capture.body["status"], &capture.body["amount_received"], &capture.body["amount_capturable"]), (&json!("succeeded"), &json!(12000), &json!(0)));
+    assert_eq!(
+        (&capture.body["status"], &capture.body["amount_received"], &capture.body["amount_capturable"]),
+        (&json!("succeeded"), &json!(12000), &json!(0))
+    );
 
-    let refund = post("/v1/refunds", &[("payment_intent", &pi), ("amount", "2000"), ("metadata[purchase_id]", &purchase)], None);
+    let refund =
+        post("/v1/refunds", &[("payment_intent", &pi), ("amount", "2000"), ("metadata[purchase_id]", &purchase)], None);
     assert_eq!(refund.status, 200, "{}", refund.text);
     assert!(refund.body["id"].as_str().is_some_and(|r| r.starts_with("re_")));
-    assert_eq!((&refund.body["object"], &refund.body["status"], &refund.body["amount"]), (&json!("refund"), &json!("succeeded"), &json!(2000)));
+    assert_eq!(
+        (&refund.body["object"], &refund.body["status"], &refund.body["amount"]),
+        (&json!("refund"), &json!("succeeded"), &json!(2000))
+    );
     assert_eq!(refund.body["payment_intent"], json!(pi));
 
     let too_much = post("/v1/refunds", &[("payment_intent", &pi), ("amount", "10001")], None);
@@ -115,11 +133,21 @@ fn hold_capture_refund_and_the_ledger_adds_up() {
 
     let charge = get_v1(&format!("/v1/charges/{}", hold.body["latest_charge"].as_str().unwrap_or_default()));
     assert_eq!(charge.status, 200, "{}", charge.text);
-    assert_eq!((&charge.body["amount_captured"], &charge.body["amount_refunded"], &charge.body["refunded"]), (&json!(12000), &json!(12000), &json!(true)));
+    assert_eq!(
+        (&charge.body["amount_captured"], &charge.body["amount_refunded"], &charge.body["refunded"]),
+        (&json!(12000), &json!(12000), &json!(true))
+    );
 
     let book = ledger(&purchase);
     assert_eq!(book["currency"], "eur");
-    for (figure, value) in [("authorized", 12000), ("captured", 12000), ("refunded", 12000), ("voided", 0), ("held", 0), ("transferred", 0)] {
+    for (figure, value) in [
+        ("authorized", 12000),
+        ("captured", 12000),
+        ("refunded", 12000),
+        ("voided", 0),
+        ("held", 0),
+        ("transferred", 0),
+    ] {
         assert_eq!(book[figure], value, "{figure}: {book}");
     }
     assert_eq!(book["payment_intents"][0]["id"], json!(pi));
@@ -145,7 +173,10 @@ fn a_partial_capture_releases_the_rest_of_the_hold() {
     let capture = post(&format!("/v1/payment_intents/{pi}/capture"), &[("amount_to_capture", "3000")], None);
     assert_eq!((capture.status, &capture.body["amount_received"]), (200, &json!(3000)));
     let book = ledger(&purchase);
-    assert_eq!((book["authorized"].as_i64(), book["captured"].as_i64(), book["voided"].as_i64()), (Some(5000), Some(3000), Some(2000)));
+    assert_eq!(
+        (book["authorized"].as_i64(), book["captured"].as_i64(), book["voided"].as_i64()),
+        (Some(5000), Some(3000), Some(2000))
+    );
 }
 
 #[test]
@@ -180,7 +211,8 @@ fn cancel_voids_the_hold_and_wrong_states_are_refused_with_the_payment_intent() 
     let _calm = calm();
     let purchase = fresh_purchase_id();
     let pi = held(&purchase, "3000");
-    let cancel = post(&format!("/v1/payment_intents/{pi}/cancel"), &[("cancellation_reason", "requested_by_customer")], None);
+    let cancel =
+        post(&format!("/v1/payment_intents/{pi}/cancel"), &[("cancellation_reason", "requested_by_customer")], None);
     assert_eq!(cancel.status, 200, "{}", cancel.text);
     assert_eq!((&cancel.body["status"], &cancel.body["amount_capturable"]), (&json!("canceled"), &json!(0)));
     assert_eq!(cancel.body["cancellation_reason"], "requested_by_customer");
@@ -202,10 +234,18 @@ fn cancel_voids_the_hold_and_wrong_states_are_refused_with_the_payment_intent() 
     assert_eq!(late.body["error"]["payment_intent"]["status"], "succeeded");
 
     let book = ledger(&purchase);
-    assert_eq!((book["authorized"].as_i64(), book["voided"].as_i64(), book["captured"].as_i64()), (Some(4000), Some(3000), Some(1000)));
+    assert_eq!(
+        (book["authorized"].as_i64(), book["voided"].as_i64(), book["captured"].as_i64()),
+        (Some(4000), Some(3000), Some(1000))
+    );
     assert_eq!(
         event_types(&book),
-        ["payment_intent.amount_capturable_updated", "payment_intent.canceled", "payment_intent.amount_capturable_updated", "payment_intent.succeeded"]
+        [
+            "payment_intent.amount_capturable_updated",
+            "payment_intent.canceled",
+            "payment_intent.amount_capturable_updated",
+            "payment_intent.succeeded"
+        ]
     );
 }
 
@@ -217,25 +257,44 @@ fn transfers_never_exceed_what_the_group_captured_net_of_refunds() {
     let transfer = |amount: &str| {
         post(
             "/v1/transfers",
-            &[("amount", amount), ("currency", "eur"), ("destination", "acct_e2e_seller"), ("transfer_group", &purchase), ("metadata[purchase_id]", &purchase)],
+            &[
+                ("amount", amount),
+                ("currency", "eur"),
+                ("destination", "acct_e2e_seller"),
+                ("transfer_group", &purchase),
+                ("metadata[purchase_id]", &purchase),
+            ],
             None,
         )
     };
-    assert_eq!(error_code(&transfer("1")), (400, "invalid_request_error", "balance_insufficient"), "nothing captured yet");
+    assert_eq!(
+        error_code(&transfer("1")),
+        (400, "invalid_request_error", "balance_insufficient"),
+        "nothing captured yet"
+    );
     assert_eq!(post(&format!("/v1/payment_intents/{pi}/capture"), &[], None).status, 200);
     assert_eq!(post("/v1/refunds", &[("payment_intent", &pi), ("amount", "1000")], None).status, 200);
     assert_eq!(error_code(&transfer("9001")), (400, "invalid_request_error", "balance_insufficient"));
     let first = transfer("8000");
     assert_eq!(first.status, 200, "{}", first.text);
     assert!(first.body["id"].as_str().is_some_and(|t| t.starts_with("tr_")));
-    assert_eq!((&first.body["object"], &first.body["destination"], &first.body["amount"]), (&json!("transfer"), &json!("acct_e2e_seller"), &json!(8000)));
+    assert_eq!(
+        (&first.body["object"], &first.body["destination"], &first.body["amount"]),
+        (&json!("transfer"), &json!("acct_e2e_seller"), &json!(8000))
+    );
     assert_eq!(transfer("1000").status, 200);
     assert_eq!(error_code(&transfer("1")), (400, "invalid_request_error", "balance_insufficient"));
 
     let book = ledger(&purchase);
-    assert_eq!((book["captured"].as_i64(), book["refunded"].as_i64(), book["transferred"].as_i64(), book["net"].as_i64()), (Some(10000), Some(1000), Some(9000), Some(0)));
+    assert_eq!(
+        (book["captured"].as_i64(), book["refunded"].as_i64(), book["transferred"].as_i64(), book["net"].as_i64()),
+        (Some(10000), Some(1000), Some(9000), Some(0))
+    );
     let transfers = book["transfers"].as_array().cloned().unwrap_or_default();
-    assert_eq!(transfers.iter().map(|t| (t["destination"].clone(), t["amount"].clone())).collect::<Vec<_>>(), [(json!("acct_e2e_seller"), json!(8000)), (json!("acct_e2e_seller"), json!(1000))]);
+    assert_eq!(
+        transfers.iter().map(|t| (t["destination"].clone(), t["amount"].clone())).collect::<Vec<_>>(),
+        [(json!("acct_e2e_seller"), json!(8000)), (json!("acct_e2e_seller"), json!(1000))]
+    );
     assert_eq!(event_types(&book).iter().filter(|t| *t == "transfer.created").count(), 2);
 }
 
@@ -273,8 +332,15 @@ fn an_idempotency_key_executes_once_and_replays_byte_for_byte() {
     // Other parameters, or another endpoint, under the same key.
     let other = hold(&purchase, "2501", "pm_card_visa", Some(&key));
     assert_eq!(error_code(&other), (400, "idempotency_error", ""));
-    assert!(other.body["error"]["message"].as_str().is_some_and(|m| m.starts_with("Keys for idempotent requests can only be used with the same parameters")), "{}", other.text);
-    let elsewhere = post("/v1/refunds", &[("payment_intent", first.body["id"].as_str().unwrap_or_default())], Some(&key));
+    assert!(
+        other.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Keys for idempotent requests can only be used with the same parameters")),
+        "{}",
+        other.text
+    );
+    let elsewhere =
+        post("/v1/refunds", &[("payment_intent", first.body["id"].as_str().unwrap_or_default())], Some(&key));
     assert_eq!(error_code(&elsewhere), (400, "idempotency_error", ""));
 
     // A request refused by validation stores nothing: the key stays fresh.
@@ -290,9 +356,15 @@ fn an_idempotency_key_executes_once_and_replays_byte_for_byte() {
     assert_eq!(book["authorized"], 2600);
     let ops = book["operations"].as_array().cloned().unwrap_or_default();
     let op = |k: &str| ops.iter().find(|o| o["idempotency_key"] == json!(k)).cloned().unwrap_or(Value::Null);
-    assert_eq!(op(&key), json!({"idempotency_key": key, "method": "POST", "path": "/v1/payment_intents", "status": 200, "executions": 1, "replays": 2}));
+    assert_eq!(
+        op(&key),
+        json!({"idempotency_key": key, "method": "POST", "path": "/v1/payment_intents", "status": 200, "executions": 1, "replays": 2})
+    );
     assert_eq!((op(&fresh_key)["executions"].as_i64(), op(&fresh_key)["replays"].as_i64()), (Some(1), Some(0)));
-    assert_eq!(event_types(&book), ["payment_intent.amount_capturable_updated", "payment_intent.amount_capturable_updated"]);
+    assert_eq!(
+        event_types(&book),
+        ["payment_intent.amount_capturable_updated", "payment_intent.amount_capturable_updated"]
+    );
 }
 
 #[test]
@@ -315,7 +387,8 @@ fn invalid_requests_get_stripes_errors_with_the_param() {
     assert_eq!(error_code(&missing), (404, "invalid_request_error", "resource_missing"));
     let route = get_v1("/v1/customers");
     assert_eq!((route.status, route.body["error"]["type"].as_str()), (404, Some("invalid_request_error")));
-    let transfer = post("/v1/transfers", &[("amount", "1"), ("currency", "eur"), ("destination", "not-an-account")], None);
+    let transfer =
+        post("/v1/transfers", &[("amount", "1"), ("currency", "eur"), ("destination", "not-an-account")], None);
     assert_eq!(error_code(&transfer), (400, "invalid_request_error", "resource_missing"));
 }
 
@@ -380,7 +453,14 @@ fn chaos_settings_round_trip_and_inject_faults_around_idempotency() {
     let reset = send("DELETE", &url, Some(&key()), None);
     assert_eq!(reset.status, 200);
     let calm_settings = reset.body.clone();
-    for rate in ["webhook_duplicate_rate", "webhook_reorder_rate", "webhook_delay_rate", "webhook_drop_rate", "api_error_rate", "api_lost_response_rate"] {
+    for rate in [
+        "webhook_duplicate_rate",
+        "webhook_reorder_rate",
+        "webhook_delay_rate",
+        "webhook_drop_rate",
+        "api_error_rate",
+        "api_lost_response_rate",
+    ] {
         assert_eq!(calm_settings[rate], 0.0, "{rate}: {calm_settings}");
     }
 
@@ -395,7 +475,13 @@ fn chaos_settings_round_trip_and_inject_faults_around_idempotency() {
     assert_eq!(read.body, set);
 
     // Invalid settings are refused and change nothing.
-    for bad in [json!({"api_error_rate": 1.5}), json!({"webhook_drop_rate": -1}), json!({"api_error_rate": "often"}), json!({"surprise": 1}), json!({"webhook_max_delay_ms": 600001})] {
+    for bad in [
+        json!({"api_error_rate": 1.5}),
+        json!({"webhook_drop_rate": -1}),
+        json!({"api_error_rate": "often"}),
+        json!({"surprise": 1}),
+        json!({"webhook_max_delay_ms": 600001}),
+    ] {
         let reply = send("POST", &url, Some(&key()), Some(&bad));
         assert_eq!(reply.status, 422, "{bad}: {:?}", reply.body);
         assert!(reply.body["error"]["code"].as_str().is_some_and(|c| !c.is_empty()));
@@ -427,13 +513,17 @@ fn chaos_settings_round_trip_and_inject_faults_around_idempotency() {
 
     let book = ledger(&purchase);
     let ops = book["operations"].as_array().cloned().unwrap_or_default();
-    let op = |k: &str| ops.iter().find(|o| o["idempotency_key"] == json!(k)).map(|o| (o["executions"].as_i64(), o["replays"].as_i64()));
+    let op = |k: &str| {
+        ops.iter().find(|o| o["idempotency_key"] == json!(k)).map(|o| (o["executions"].as_i64(), o["replays"].as_i64()))
+    };
     assert_eq!(op(&key_lost), Some((Some(1), Some(1))), "{book}");
     assert_eq!(op(&key_error), Some((Some(1), Some(0))), "{book}");
     assert_eq!(book["authorized"], 1000, "two holds, each executed once: {book}");
 
     // Webhook chaos changes delivery, never what was recorded.
-    set_chaos(json!({"webhook_duplicate_rate": 1, "webhook_drop_rate": 1, "webhook_delay_rate": 1, "webhook_max_delay_ms": 200}));
+    set_chaos(
+        json!({"webhook_duplicate_rate": 1, "webhook_drop_rate": 1, "webhook_delay_rate": 1, "webhook_max_delay_ms": 200}),
+    );
     let shaken = fresh_purchase_id();
     held(&shaken, "300");
     let book = ledger(&shaken);

@@ -16,7 +16,9 @@ fn fresh_region(name: &str) -> String {
 }
 
 fn create(region: &str, title: &str, description: &str, species: &str, patch: Value) -> String {
-    let mut body = listing_body(json!({"title": title, "description": description, "species": species, "breed": null, "region": region}));
+    let mut body = listing_body(
+        json!({"title": title, "description": description, "species": species, "breed": null, "region": region}),
+    );
     if let (Some(target), Value::Object(patch)) = (body.as_object_mut(), patch) {
         target.extend(patch);
     }
@@ -41,9 +43,22 @@ fn ids(reply: &e2e::Reply) -> Vec<String> {
 
 /// A small shop with one of each kind, in its own region.
 fn shop(region: &str) -> (String, String, String, String) {
-    let heater = create(region, "Aquarium heater 50 W", "Adjustable thermostat, for tanks up to 60 litres. Barely used.", "fish", json!({}));
-    let lead = create(region, "Red leather dog lead", "Two metres, brass clip, suits medium and large dogs.", "dog", json!({}));
-    let tree = create(region, "Sisal cat tree", "1.2 m scratching post with two platforms and a hammock.", "cat", json!({}));
+    let heater = create(
+        region,
+        "Aquarium heater 50 W",
+        "Adjustable thermostat, for tanks up to 60 litres. Barely used.",
+        "fish",
+        json!({}),
+    );
+    let lead = create(
+        region,
+        "Red leather dog lead",
+        "Two metres, brass clip, suits medium and large dogs.",
+        "dog",
+        json!({}),
+    );
+    let tree =
+        create(region, "Sisal cat tree", "1.2 m scratching post with two platforms and a hammock.", "cat", json!({}));
     let coon = create(
         region,
         "Maine Coon kitten",
@@ -66,7 +81,8 @@ fn a_paraphrase_finds_the_listing_by_meaning() {
     assert_eq!(item["species"], "fish");
     assert_eq!(item["region"], region.as_str());
     assert_eq!(item["price"], json!({"value": "120.00", "currency": "EUR"}));
-    let scores: Vec<f64> = reply.body["items"].as_array().expect("items").iter().map(|i| i["score"].as_f64().expect("score")).collect();
+    let scores: Vec<f64> =
+        reply.body["items"].as_array().expect("items").iter().map(|i| i["score"].as_f64().expect("score")).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
     // A misspelled query still finds it: the embedding sees sub-words.
     assert_eq!(ids(&search(&[("q", "aquarum heater"), ("region", &region)])).first(), Some(&heater));
@@ -90,7 +106,13 @@ fn filters_narrow_the_result_and_an_empty_result_is_not_an_error() {
     let cats = ids(&search(&[("q", "cat"), ("region", &region), ("species", "cat")]));
     assert_eq!(cats.len(), 2, "{cats:?}");
     assert!(cats.contains(&tree) && cats.contains(&coon));
-    let cheap = ids(&search(&[("q", "cat"), ("region", &region), ("species", "cat"), ("max_price", "500"), ("currency", "eur")]));
+    let cheap = ids(&search(&[
+        ("q", "cat"),
+        ("region", &region),
+        ("species", "cat"),
+        ("max_price", "500"),
+        ("currency", "eur"),
+    ]));
     assert_eq!(cheap, vec![tree.clone()]);
     let pricey = ids(&search(&[("q", "cat"), ("region", &region), ("min_price", "500.00"), ("currency", "EUR")]));
     assert_eq!(pricey, vec![coon]);
@@ -113,7 +135,11 @@ fn removed_and_sold_out_listings_never_appear() {
 
     // The last unit is reserved, then sold: the listing leaves search.
     let purchase = fresh_purchase_id();
-    let reserved = post(&format!("{}/internal/reservations", base()), &ops, &json!({"purchase_id": purchase, "listing_id": heater, "quantity": 1}));
+    let reserved = post(
+        &format!("{}/internal/reservations", base()),
+        &ops,
+        &json!({"purchase_id": purchase, "listing_id": heater, "quantity": 1}),
+    );
     assert_eq!(reserved.status, 201, "{:?}", reserved.body);
     assert!(!ids(&search(&[("q", "aquarium heater"), ("region", &region)])).contains(&heater));
     assert_eq!(post(&format!("{}/internal/reservations/{purchase}/sold", base()), &ops, &json!({})).status, 200);
@@ -161,7 +187,12 @@ fn a_changed_listing_is_found_by_its_new_text_only() {
         assert_eq!((reply.status, reply.body["error"]["code"].as_str()), (422, Some(code)), "{body}");
     }
     assert_eq!(send("PATCH", &url, None, Some(&json!({"status": "removed"}))).status, 401);
-    let missing = send("PATCH", &format!("{}/v1/listings/lst_doesnotexist0", base()), Some(&ops), Some(&json!({"status": "removed"})));
+    let missing = send(
+        "PATCH",
+        &format!("{}/v1/listings/lst_doesnotexist0", base()),
+        Some(&ops),
+        Some(&json!({"status": "removed"})),
+    );
     assert_eq!(missing.status, 404);
     assert_eq!(get(&url).body["status"], "active");
 }
@@ -227,7 +258,12 @@ fn bad_queries_are_refused_with_stable_codes() {
     ];
     for (params, code) in cases {
         let reply = search(&params);
-        assert_eq!((reply.status, reply.body["error"]["code"].as_str()), (422, Some(code)), "{params:?}: {:?}", reply.body);
+        assert_eq!(
+            (reply.status, reply.body["error"]["code"].as_str()),
+            (422, Some(code)),
+            "{params:?}: {:?}",
+            reply.body
+        );
     }
     // 512 characters is still fine, and odd input is just text.
     assert_eq!(search(&[("q", &"a".repeat(512))]).status, 200);

@@ -46,9 +46,13 @@ fn unique() -> String {
 
 #[test]
 fn forged_stale_and_malformed_webhooks_are_refused() {
-    let body = event(&format!("evt_forged{}", unique()), "payment_intent.succeeded", json!({
-        "id": "pi_x", "object": "payment_intent", "metadata": { "purchase_id": "pur_forged" }
-    }));
+    let body = event(
+        &format!("evt_forged{}", unique()),
+        "payment_intent.succeeded",
+        json!({
+            "id": "pi_x", "object": "payment_intent", "metadata": { "purchase_id": "pur_forged" }
+        }),
+    );
     assert_eq!(code(&deliver(&body, None)), (400, "missing_signature"));
     assert_eq!(code(&deliver(&body, Some("t=abc,v1=00".into()))), (400, "malformed_signature"));
     let wrong = Some(webhooks::stripe::sign_header("whsec_not_ours", now(), body.as_bytes()));
@@ -63,8 +67,10 @@ fn forged_stale_and_malformed_webhooks_are_refused() {
 
 #[test]
 fn events_for_no_purchase_of_ours_are_acknowledged() {
-    for object in [json!({ "id": "pi_other", "object": "payment_intent", "metadata": {} }),
-                   json!({ "id": "pi_other", "object": "payment_intent", "metadata": { "purchase_id": "pur_neverexisted" } })] {
+    for object in [
+        json!({ "id": "pi_other", "object": "payment_intent", "metadata": {} }),
+        json!({ "id": "pi_other", "object": "payment_intent", "metadata": { "purchase_id": "pur_neverexisted" } }),
+    ] {
         let body = event(&format!("evt_stranger{}", unique()), "payment_intent.succeeded", object);
         let reply = deliver(&body, signed(&body, now()));
         assert_eq!(reply.status, 200, "{:?}", reply.body);
@@ -74,16 +80,27 @@ fn events_for_no_purchase_of_ours_are_acknowledged() {
 
 #[test]
 fn a_duplicate_event_changes_nothing() {
-    let listing = post(&format!("{}/v1/listings", service_url("marketplace")), &secret("OPS_TOKEN"), &listing_body(json!({}))).body["id"]
-        .as_str()
-        .expect("listing")
-        .to_string();
+    let listing =
+        post(&format!("{}/v1/listings", service_url("marketplace")), &secret("OPS_TOKEN"), &listing_body(json!({})))
+            .body["id"]
+            .as_str()
+            .expect("listing")
+            .to_string();
     let key = format!("webhook-dup-{}", unique());
     let order = json!({ "listing_id": listing, "buyer_id": "buyer_wh", "payment_method": "pm_card_visa" });
-    let created = send_with("POST", &format!("{}/v1/purchases", service_url("payments")), Some(&secret("CHECKOUT_TOKEN")), &[("idempotency-key", &key)], Some(&order));
+    let created = send_with(
+        "POST",
+        &format!("{}/v1/purchases", service_url("payments")),
+        Some(&secret("CHECKOUT_TOKEN")),
+        &[("idempotency-key", &key)],
+        Some(&order),
+    );
     assert_eq!(created.status, 201, "{:?}", created.body);
     let id = created.body["id"].as_str().expect("id").to_string();
-    let get = || send("GET", &format!("{}/v1/purchases/{id}", service_url("payments")), Some(&secret("CHECKOUT_TOKEN")), None).body;
+    let get = || {
+        send("GET", &format!("{}/v1/purchases/{id}", service_url("payments")), Some(&secret("CHECKOUT_TOKEN")), None)
+            .body
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut purchase = get();
     while purchase["state"] != "awaiting_delivery" {
@@ -92,10 +109,14 @@ fn a_duplicate_event_changes_nothing() {
         purchase = get();
     }
     // The hold event again, as a second delivery under one event id.
-    let body = event(&format!("evt_dup{}", unique()), "payment_intent.amount_capturable_updated", json!({
-        "id": purchase["payment_intent"], "object": "payment_intent", "status": "requires_capture",
-        "metadata": { "purchase_id": id }
-    }));
+    let body = event(
+        &format!("evt_dup{}", unique()),
+        "payment_intent.amount_capturable_updated",
+        json!({
+            "id": purchase["payment_intent"], "object": "payment_intent", "status": "requires_capture",
+            "metadata": { "purchase_id": id }
+        }),
+    );
     let first = deliver(&body, signed(&body, now()));
     assert_eq!(first.status, 200, "{:?}", first.body);
     let before = get();

@@ -50,7 +50,11 @@ pub fn main(args: &[String]) -> Result<()> {
         }
     }
     let ops = std::env::var("OPS_TOKEN").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "dev_ops_token".into());
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(120))).http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(120)))
+        .http_status_as_error(false)
+        .build()
+        .into();
 
     let started = Instant::now();
     let mut s = 42u64;
@@ -89,7 +93,11 @@ pub fn main(args: &[String]) -> Result<()> {
             .send(json!({ "campaigns": campaigns }).to_string())
             .with_context(|| format!("POST {url}/v1/campaigns/bulk: is the stack up (`cargo xtask dev`)?"))?;
         if response.status() != 200 {
-            bail!("bulk load failed: {} {}", response.status(), response.body_mut().read_to_string().unwrap_or_default());
+            bail!(
+                "bulk load failed: {} {}",
+                response.status(),
+                response.body_mut().read_to_string().unwrap_or_default()
+            );
         }
     }
     println!("loaded {CAMPAIGNS} active campaigns in {:.1}s", started.elapsed().as_secs_f64());
@@ -105,8 +113,11 @@ pub fn main(args: &[String]) -> Result<()> {
             let stop = stop.clone();
             let url = url.clone();
             std::thread::spawn(move || {
-                let agent: ureq::Agent =
-                    ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).http_status_as_error(false).build().into();
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
                 let mut s = 1000 + t as u64;
                 let mut latencies = Vec::new();
                 let (mut ok, mut empty, mut other) = (0u64, 0u64, 0u64);
@@ -148,7 +159,12 @@ pub fn main(args: &[String]) -> Result<()> {
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
     println!("GET /v1/ads over {CAMPAIGNS} campaigns, {connections} connections, {seconds}s:");
     println!("  requests {}  (200: {ok}, 204: {empty}, other/errors: {other})", all.len());
-    println!("  p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms", pct(0.50), pct(0.99), all[all.len() - 1].as_secs_f64() * 1000.0);
+    println!(
+        "  p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+        pct(0.50),
+        pct(0.99),
+        all[all.len() - 1].as_secs_f64() * 1000.0
+    );
     println!("  {:.0} requests/s", all.len() as f64 / seconds as f64);
     Ok(())
 }

@@ -59,7 +59,12 @@ struct Options {
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options> {
-        let mut options = Options { sagas: 1000, concurrency: 16, only: SYSTEMS.iter().map(|s| s.to_string()).collect(), tmpfs: false };
+        let mut options = Options {
+            sagas: 1000,
+            concurrency: 16,
+            only: SYSTEMS.iter().map(|s| s.to_string()).collect(),
+            tmpfs: false,
+        };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
@@ -129,7 +134,11 @@ fn warmup(options: &Options) -> usize {
 fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let memory = fs::read_to_string("/proc/meminfo")
@@ -137,7 +146,11 @@ fn machine() -> String {
         .and_then(|t| t.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
         .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
         .unwrap_or_default();
-    let node = Command::new("node").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let node = Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     format!("{cores} cores ({cpu}), {memory} RAM, node {node}, driver on the same machine")
 }
 
@@ -303,8 +316,12 @@ impl Project {
         let listing = &self.listings[i % self.listings.len()];
         let auth = self.auth();
         let body = json!({ "listing_id": listing, "buyer_id": "buyer_bench", "payment_method": "pm_card_visa" });
-        let (status, purchase) =
-            self.http.call("POST", &format!("{}/v1/purchases", self.payments), &[("authorization", &auth), ("idempotency-key", &key)], Some(&body))?;
+        let (status, purchase) = self.http.call(
+            "POST",
+            &format!("{}/v1/purchases", self.payments),
+            &[("authorization", &auth), ("idempotency-key", &key)],
+            Some(&body),
+        )?;
         if status != 201 {
             bail!("checkout answered {status}: {purchase}");
         }
@@ -314,7 +331,8 @@ impl Project {
         }
         let confirm_key = format!("{key}-confirm");
         let url = format!("{}/v1/purchases/{id}/confirm-delivery", self.payments);
-        let (status, answer) = self.http.call("POST", &url, &[("authorization", &auth), ("idempotency-key", &confirm_key)], None)?;
+        let (status, answer) =
+            self.http.call("POST", &url, &[("authorization", &auth), ("idempotency-key", &confirm_key)], None)?;
         if status != 200 {
             bail!("confirm-delivery on {id} answered {status}: {answer}");
         }
@@ -328,7 +346,12 @@ impl Project {
         let deadline = Instant::now() + SAGA_TIMEOUT;
         let auth = self.auth();
         loop {
-            let (status, view) = self.http.call("GET", &format!("{}/v1/purchases/{id}", self.payments), &[("authorization", &auth)], None)?;
+            let (status, view) = self.http.call(
+                "GET",
+                &format!("{}/v1/purchases/{id}", self.payments),
+                &[("authorization", &auth)],
+                None,
+            )?;
             let now = view["state"].as_str().unwrap_or_default();
             if status == 200 && now == state {
                 return Ok(view);
@@ -376,13 +399,24 @@ fn this_project(tools: &Tools, options: &Options) -> Result<Vec<Row>> {
                     "region": "berlin", "price": {"value": "10.00", "currency": "EUR"}, "quantity": options.sagas + warmup(options) + 10
                 });
                 let ops = format!("Bearer {}", secret("OPS_TOKEN"));
-                let (status, listing) = http.call("POST", &format!("{}/v1/listings", stack.url("marketplace")), &[("authorization", &ops)], Some(&body))?;
+                let (status, listing) = http.call(
+                    "POST",
+                    &format!("{}/v1/listings", stack.url("marketplace")),
+                    &[("authorization", &ops)],
+                    Some(&body),
+                )?;
                 if status != 201 {
                     bail!("creating a listing answered {status}: {listing}");
                 }
                 listings.push(listing["id"].as_str().unwrap_or_default().to_string());
             }
-            let project = Project { http: Http::new(), payments: stack.url("payments"), checkout: secret("CHECKOUT_TOKEN"), listings, prefix: unique_prefix("full") };
+            let project = Project {
+                http: Http::new(),
+                payments: stack.url("payments"),
+                checkout: secret("CHECKOUT_TOKEN"),
+                listings,
+                prefix: unique_prefix("full"),
+            };
             let (mut row, outputs) = measure("this project (full)", options, &|i| project.saga(i));
             row.phases = phases(&outputs);
             rows.push(row);
@@ -392,7 +426,13 @@ fn this_project(tools: &Tools, options: &Options) -> Result<Vec<Row>> {
             stack.restart_with_vars(tools, "payments", &[("SAGA_EFFECTS", "inline")])?;
             step.done();
             let listings = (0..8).map(|i| format!("lst_bench{i}")).collect();
-            let project = Project { http: Http::new(), payments: stack.url("payments"), checkout: secret("CHECKOUT_TOKEN"), listings, prefix: unique_prefix("engine") };
+            let project = Project {
+                http: Http::new(),
+                payments: stack.url("payments"),
+                checkout: secret("CHECKOUT_TOKEN"),
+                listings,
+                prefix: unique_prefix("engine"),
+            };
             rows.insert(0, measure("this project (engine)", options, &|i| project.saga(i)).0);
         }
         Ok(rows)
@@ -412,7 +452,8 @@ fn phases(views: &[Value]) -> Vec<(String, f64)> {
         counted += 1;
         for (k, entry) in history.iter().enumerate().skip(1) {
             let (Some(a), Some(b)) = (times[k - 1], times[k]) else { continue };
-            let what = format!("{} ({})", entry["from"].as_str().unwrap_or("?"), entry["input"].as_str().unwrap_or("?"));
+            let what =
+                format!("{} ({})", entry["from"].as_str().unwrap_or("?"), entry["input"].as_str().unwrap_or("?"));
             match totals.iter_mut().find(|(w, _)| *w == what) {
                 Some((_, t)) => *t += b - a,
                 None => totals.push((what, b - a)),
@@ -465,7 +506,10 @@ fn state_dir(options: &Options) -> PathBuf {
 fn ensure_peer_modules() -> Result<()> {
     let dir = peers_dir();
     let marker = dir.join("node_modules").join(".package-lock.json");
-    let stale = match (fs::metadata(&marker).and_then(|m| m.modified()), fs::metadata(dir.join("package-lock.json")).and_then(|m| m.modified())) {
+    let stale = match (
+        fs::metadata(&marker).and_then(|m| m.modified()),
+        fs::metadata(dir.join("package-lock.json")).and_then(|m| m.modified()),
+    ) {
         (Ok(installed), Ok(lock)) => installed < lock,
         _ => true,
     };
@@ -473,7 +517,11 @@ fn ensure_peer_modules() -> Result<()> {
         let step = ui::step("installing the peers' packages (npm ci in bench/peers)");
         process::run(
             "npm ci in bench/peers",
-            Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir).env("SCARF_ANALYTICS", "false").env("DO_NOT_TRACK", "1"),
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir)
+                .env("SCARF_ANALYTICS", "false")
+                .env("DO_NOT_TRACK", "1"),
             "check that the npm registry is reachable",
         )?;
         step.done();
@@ -508,7 +556,14 @@ fn workflows(tools: &Tools, options: &Options) -> Result<Row> {
         .arg("dev")
         .arg("--config")
         .arg(peers_dir().join("workflows").join("wrangler.toml"))
-        .args(["--ip", "127.0.0.1", "--port", &WORKFLOWS_PORT.to_string(), "--inspector-port", &WORKFLOWS_INSPECTOR_PORT.to_string()])
+        .args([
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            &WORKFLOWS_PORT.to_string(),
+            "--inspector-port",
+            &WORKFLOWS_INSPECTOR_PORT.to_string(),
+        ])
         .arg("--persist-to")
         .arg(dir.join("state"))
         .arg("--show-interactive-dev-session=false")
@@ -524,8 +579,10 @@ fn workflows(tools: &Tools, options: &Options) -> Result<Row> {
     step.done();
     let result = ready.map(|()| {
         let prefix = unique_prefix("wf");
-        measure("Cloudflare Workflows (wrangler 4.86)", options, &|i| workflow_saga(&http, &base, &format!("{prefix}-{i}")))
-            .0
+        measure("Cloudflare Workflows (wrangler 4.86)", options, &|i| {
+            workflow_saga(&http, &base, &format!("{prefix}-{i}"))
+        })
+        .0
     });
     supervisor.stop_all();
     result
@@ -562,7 +619,12 @@ fn restate_binary() -> PathBuf {
         "macos" => "darwin",
         other => other,
     };
-    peers_dir().join("node_modules").join("@restatedev").join(format!("restate-server-{os}-{arch}")).join("bin").join("restate-server")
+    peers_dir()
+        .join("node_modules")
+        .join("@restatedev")
+        .join(format!("restate-server-{os}-{arch}"))
+        .join("bin")
+        .join("restate-server")
 }
 
 fn restate(options: &Options) -> Result<Row> {
@@ -573,7 +635,9 @@ fn restate(options: &Options) -> Result<Row> {
     if !binary.exists() {
         bail!("{} is missing: run `npm ci` in bench/peers", binary.display());
     }
-    let step = ui::step(format!("starting Restate {RESTATE_VERSION} (ingress 127.0.0.1:{RESTATE_INGRESS_PORT}) and the saga service"));
+    let step = ui::step(format!(
+        "starting Restate {RESTATE_VERSION} (ingress 127.0.0.1:{RESTATE_INGRESS_PORT}) and the saga service"
+    ));
     let mut server = Command::new(&binary);
     server
         .args(["--no-logo", "--listen-mode", "tcp", "--base-dir"])
@@ -585,9 +649,18 @@ fn restate(options: &Options) -> Result<Row> {
         .env("RESTATE_ADMIN__BIND_ADDRESS", format!("127.0.0.1:{RESTATE_ADMIN_PORT}"))
         .env("DO_NOT_TRACK", "1")
         .env("NO_COLOR", "1");
-    supervisor.spawn_contained("restate-server", server, &dir.join("restate-server.log"), Output::LogFile, libc::SIGTERM)?;
+    supervisor.spawn_contained(
+        "restate-server",
+        server,
+        &dir.join("restate-server.log"),
+        Output::LogFile,
+        libc::SIGTERM,
+    )?;
     let mut service = Command::new("node");
-    service.arg(peers_dir().join("restate").join("saga.mjs")).current_dir(peers_dir()).env("PORT", RESTATE_SERVICE_PORT.to_string());
+    service
+        .arg(peers_dir().join("restate").join("saga.mjs"))
+        .current_dir(peers_dir())
+        .env("PORT", RESTATE_SERVICE_PORT.to_string());
     supervisor.spawn_contained("restate-service", service, &dir.join("service.log"), Output::LogFile, libc::SIGTERM)?;
     let http = Http::new();
     let admin = format!("http://127.0.0.1:{RESTATE_ADMIN_PORT}");
@@ -600,7 +673,9 @@ fn restate(options: &Options) -> Result<Row> {
         loop {
             match http.call("POST", &format!("{admin}/deployments"), &[], Some(&registration)) {
                 Ok((200 | 201, _)) => break,
-                other if Instant::now() > deadline => bail!("registering the saga service with Restate failed: {other:?}"),
+                other if Instant::now() > deadline => {
+                    bail!("registering the saga service with Restate failed: {other:?}")
+                }
                 _ => thread::sleep(Duration::from_millis(300)),
             }
         }
@@ -609,7 +684,10 @@ fn restate(options: &Options) -> Result<Row> {
     step.done();
     let result = ready.map(|()| {
         let prefix = unique_prefix("rs");
-        measure(&format!("Restate {RESTATE_VERSION}"), options, &|i| restate_saga(&http, &ingress, &format!("{prefix}-{i}"))).0
+        measure(&format!("Restate {RESTATE_VERSION}"), options, &|i| {
+            restate_saga(&http, &ingress, &format!("{prefix}-{i}"))
+        })
+        .0
     });
     supervisor.stop_all();
     result
@@ -637,12 +715,14 @@ fn restate_saga(http: &Http, ingress: &str, id: &str) -> Result<Value> {
     if !matches!(status, 200 | 202) {
         bail!("start answered {status}: {answer}");
     }
-    let (status, answer) = http.call("POST", &format!("{ingress}/PurchaseSaga/{id}/confirmDelivery"), &[], Some(&json!({})))?;
+    let (status, answer) =
+        http.call("POST", &format!("{ingress}/PurchaseSaga/{id}/confirmDelivery"), &[], Some(&json!({})))?;
     if status != 200 {
         bail!("confirmDelivery answered {status}: {answer}");
     }
     // Attaching blocks until the workflow's `run` has finished.
-    let (status, output) = http.call("GET", &format!("{ingress}/restate/workflow/PurchaseSaga/{id}/attach"), &[], None)?;
+    let (status, output) =
+        http.call("GET", &format!("{ingress}/restate/workflow/PurchaseSaga/{id}/attach"), &[], None)?;
     if status != 200 || output["state"] != "completed" {
         bail!("{id} ended {status}: {output}");
     }
@@ -698,7 +778,10 @@ fn print_table(options: &Options, rows: &[Row]) {
     }
     if let Some(full) = rows.iter().find(|r| !r.phases.is_empty()) {
         println!();
-        println!("full mode, mean ms per saga by state (from each saga's history; start-to-complete mean {:.1} ms):", mean_ms(&full.latencies));
+        println!(
+            "full mode, mean ms per saga by state (from each saga's history; start-to-complete mean {:.1} ms):",
+            mean_ms(&full.latencies)
+        );
         for (what, ms) in &full.phases {
             println!("  {ms:>8.1}  {what}");
         }

@@ -55,7 +55,10 @@ impl Client {
     fn call(&self, method: &str, url: &str, token: &str, key: Option<&str>, body: Option<&Value>) -> (u16, Value) {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let mut request = ureq::http::Request::builder().method(method).uri(url).header("authorization", format!("Bearer {token}"));
+            let mut request = ureq::http::Request::builder()
+                .method(method)
+                .uri(url)
+                .header("authorization", format!("Bearer {token}"));
             if let Some(key) = key {
                 request = request.header("idempotency-key", key);
             }
@@ -103,7 +106,8 @@ impl Client {
         let key = format!("crash-{}-{n}", std::process::id());
         let pm = if plan == Plan::Declined { "pm_card_chargeDeclined" } else { "pm_card_visa" };
         let body = json!({ "listing_id": listing, "buyer_id": "buyer_crash", "payment_method": pm });
-        let (status, created) = self.call("POST", &format!("{}/v1/purchases", self.payments), &self.checkout, Some(&key), Some(&body));
+        let (status, created) =
+            self.call("POST", &format!("{}/v1/purchases", self.payments), &self.checkout, Some(&key), Some(&body));
         if !matches!(status, 200 | 201) {
             bail!("checkout {n} answered {status}: {created}");
         }
@@ -153,9 +157,11 @@ fn minor(money: &Value) -> i64 {
 /// The money rules of a finished purchase, read from the provider's ledger.
 fn check_money(client: &Client, p: &Value) -> Result<(), String> {
     let id = p["id"].as_str().unwrap_or_default();
-    let (_, l) = client.call("GET", &format!("{}/_sandbox/ledger?purchase_id={id}", client.sandbox), &client.stripe, None, None);
+    let (_, l) =
+        client.call("GET", &format!("{}/_sandbox/ledger?purchase_id={id}", client.sandbox), &client.stripe, None, None);
     let get = |k: &str| l[k].as_i64().unwrap_or(-1);
-    let (captured, refunded, voided, transferred) = (get("captured"), get("refunded"), get("voided"), get("transferred"));
+    let (captured, refunded, voided, transferred) =
+        (get("captured"), get("refunded"), get("voided"), get("transferred"));
     let total = minor(&p["amount"]);
     for op in l["operations"].as_array().into_iter().flatten() {
         if op["executions"] != 1 {
@@ -168,7 +174,11 @@ fn check_money(client: &Client, p: &Value) -> Result<(), String> {
         Some("cancelled") => captured == 0 && transferred == 0,
         _ => false,
     };
-    if ok { Ok(()) } else { Err(format!("{id} ({}): money rules broken; ledger {l}", p["state"])) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{id} ({}): money rules broken; ledger {l}", p["state"]))
+    }
 }
 
 pub fn run(tools: &Tools) -> Result<()> {
@@ -178,7 +188,11 @@ pub fn run(tools: &Tools) -> Result<()> {
     step.done();
     let secret = |name: &str| secrets.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()).unwrap_or_default();
     let client = Client {
-        agent: ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).http_status_as_error(false).build().into(),
+        agent: ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into(),
         payments: stack.url("payments"),
         marketplace: stack.url("marketplace"),
         sandbox: stack.url("sandbox-psp"),
@@ -199,13 +213,16 @@ fn drive(client: &Client, stack: &mut Stack, tools: &Tools) -> Result<()> {
             "description": "Ten kilos of dry food.", "species": "dog", "breed": null, "age_months": null, "region": "berlin",
             "price": {"value": format!("{}.50", 10 + i), "currency": "EUR"}, "quantity": 10
         });
-        let (status, listing) = client.call("POST", &format!("{}/v1/listings", client.marketplace), &client.ops, None, Some(&body));
+        let (status, listing) =
+            client.call("POST", &format!("{}/v1/listings", client.marketplace), &client.ops, None, Some(&body));
         if status != 201 {
             bail!("creating a listing answered {status}: {listing}");
         }
         listings.push(listing["id"].as_str().unwrap_or_default().to_string());
     }
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1;
+    let seed =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+            | 1;
     let mut rng = seed;
     let mut next = move || {
         rng ^= rng << 13;
@@ -242,8 +259,16 @@ fn drive(client: &Client, stack: &mut Stack, tools: &Tools) -> Result<()> {
             let in_flight = PURCHASES - results.lock().map(|r| r.len()).unwrap_or(0);
             let down = Duration::from_millis(200 + next() % 1500);
             stack.crash_and_restart(tools, "payments", down)?;
-            kills.push(format!("t={:.1}s ({in_flight} unfinished, down {}ms)", started.elapsed().as_secs_f64(), down.as_millis()));
-            println!("drill crash: SIGKILL #{} of payments' workerd at {}", kills.len(), kills.last().map(String::as_str).unwrap_or(""));
+            kills.push(format!(
+                "t={:.1}s ({in_flight} unfinished, down {}ms)",
+                started.elapsed().as_secs_f64(),
+                down.as_millis()
+            ));
+            println!(
+                "drill crash: SIGKILL #{} of payments' workerd at {}",
+                kills.len(),
+                kills.last().map(String::as_str).unwrap_or("")
+            );
         }
         for w in workers {
             let _ = w.join();
@@ -272,7 +297,8 @@ fn drive(client: &Client, stack: &mut Stack, tools: &Tools) -> Result<()> {
     }
     for id in &listings {
         let (_, l) = client.call("GET", &format!("{}/v1/listings/{id}", client.marketplace), &client.ops, None, None);
-        let sold = results.iter().filter(|(_, v)| v["listing_id"] == id.as_str() && v["state"] == "completed").count() as i64;
+        let sold =
+            results.iter().filter(|(_, v)| v["listing_id"] == id.as_str() && v["state"] == "completed").count() as i64;
         if l["available"].as_i64() != Some(10 - sold) {
             problems.push(format!("listing {id}: available {} but {sold} sold of 10", l["available"]));
         }
@@ -280,7 +306,11 @@ fn drive(client: &Client, stack: &mut Stack, tools: &Tools) -> Result<()> {
     if !problems.is_empty() {
         bail!("the crash drill found {} problem(s):\n{}", problems.len(), problems.join("\n"));
     }
-    println!("drill crash: {} SIGKILLs of payments' workerd, each restarted on the same state: {}", kills.len(), kills.join(", "));
+    println!(
+        "drill crash: {} SIGKILLs of payments' workerd, each restarted on the same state: {}",
+        kills.len(),
+        kills.join(", ")
+    );
     println!("drill crash: {PURCHASES} purchases ended as planned: {states:?}; {resumed} sagas recorded a resume after a restart");
     println!("drill crash: provider ledger: every idempotency key executed once; money and inventory rules held");
     Ok(())

@@ -18,7 +18,14 @@ impl Api {
         self.secrets.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()).unwrap_or_default()
     }
 
-    fn call(&self, method: &str, url: &str, token: Option<&str>, key: Option<&str>, body: Option<&Value>) -> Result<(u16, Value)> {
+    fn call(
+        &self,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
         let mut request = ureq::http::Request::builder().method(method).uri(url);
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
@@ -49,7 +56,11 @@ pub fn main(args: &[String]) -> Result<()> {
     let marketplace = format!("http://127.0.0.1:{}", ports.marketplace);
     let sandbox = format!("http://127.0.0.1:{}", ports.sandbox_psp);
     let api = Api {
-        agent: ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).http_status_as_error(false).build().into(),
+        agent: ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .build()
+            .into(),
         secrets: Secrets::from_env(),
     };
     let ops = api.secret("OPS_TOKEN");
@@ -69,16 +80,25 @@ pub fn main(args: &[String]) -> Result<()> {
         "price": {"value": "89.90", "currency": "EUR"},
         "quantity": 1
     });
-    let (status, listing) = api.call("POST", &format!("{marketplace}/v1/listings"), Some(&ops), None, Some(&listing))?;
+    let (status, listing) =
+        api.call("POST", &format!("{marketplace}/v1/listings"), Some(&ops), None, Some(&listing))?;
     if status != 201 {
         bail!("creating the listing answered {status}: {listing}");
     }
     let listing_id = listing["id"].as_str().unwrap_or_default().to_string();
-    println!("{}  listing {listing_id} \"{}\" for {} {}", at(), listing["title"].as_str().unwrap_or(""), listing["price"]["value"].as_str().unwrap_or("?"), listing["price"]["currency"].as_str().unwrap_or(""));
+    println!(
+        "{}  listing {listing_id} \"{}\" for {} {}",
+        at(),
+        listing["title"].as_str().unwrap_or(""),
+        listing["price"]["value"].as_str().unwrap_or("?"),
+        listing["price"]["currency"].as_str().unwrap_or("")
+    );
 
     let key = format!("demo-{}-{}", now_millis(), std::process::id());
-    let order = json!({ "listing_id": listing_id, "buyer_id": "buyer_demo", "quantity": 1, "payment_method": "pm_card_visa" });
-    let (status, purchase) = api.call("POST", &format!("{payments}/v1/purchases"), Some(&checkout), Some(&key), Some(&order))?;
+    let order =
+        json!({ "listing_id": listing_id, "buyer_id": "buyer_demo", "quantity": 1, "payment_method": "pm_card_visa" });
+    let (status, purchase) =
+        api.call("POST", &format!("{payments}/v1/purchases"), Some(&checkout), Some(&key), Some(&order))?;
     if status != 201 {
         bail!("checkout answered {status}: {purchase}");
     }
@@ -95,9 +115,15 @@ pub fn main(args: &[String]) -> Result<()> {
 
     let url = format!("{payments}/v1/purchases/{id}");
     let purchase = wait_for(&api, &url, &checkout, "awaiting_delivery")?;
-    println!("{}  funds held (PaymentIntent {}); waiting for the buyer, auto-release at {}", at(), purchase["payment_intent"].as_str().unwrap_or("?"), purchase["auto_release_at"].as_str().unwrap_or("?"));
+    println!(
+        "{}  funds held (PaymentIntent {}); waiting for the buyer, auto-release at {}",
+        at(),
+        purchase["payment_intent"].as_str().unwrap_or("?"),
+        purchase["auto_release_at"].as_str().unwrap_or("?")
+    );
 
-    let (status, body) = api.call("POST", &format!("{url}/confirm-delivery"), Some(&checkout), Some(&format!("{key}-confirm")), None)?;
+    let (status, body) =
+        api.call("POST", &format!("{url}/confirm-delivery"), Some(&checkout), Some(&format!("{key}-confirm")), None)?;
     if status != 200 {
         bail!("confirm-delivery answered {status}: {body}");
     }
@@ -117,11 +143,17 @@ pub fn main(args: &[String]) -> Result<()> {
     }
     println!("\nsteps:");
     for step in purchase["steps"].as_array().into_iter().flatten() {
-        println!("  {:<18} {:<12} attempts {}", step["name"].as_str().unwrap_or(""), step["status"].as_str().unwrap_or(""), step["attempts"]);
+        println!(
+            "  {:<18} {:<12} attempts {}",
+            step["name"].as_str().unwrap_or(""),
+            step["status"].as_str().unwrap_or(""),
+            step["attempts"]
+        );
     }
 
     let stripe_key = api.secret("STRIPE_SECRET_KEY");
-    let (status, ledger) = api.call("GET", &format!("{sandbox}/_sandbox/ledger?purchase_id={id}"), Some(&stripe_key), None, None)?;
+    let (status, ledger) =
+        api.call("GET", &format!("{sandbox}/_sandbox/ledger?purchase_id={id}"), Some(&stripe_key), None, None)?;
     if status == 200 {
         println!(
             "\nprovider ledger (minor units): authorized {}, captured {}, refunded {}, transferred {} to the seller; the platform kept {}",

@@ -30,7 +30,8 @@ pub fn interrupted() -> bool {
 }
 
 /// Native crates: unit, property and doc tests that need no running stack.
-const NATIVE_PACKAGES: &[&str] = &["orchestrator", "steps", "webhooks", "worker-common", "marketplace", "payments", "ads", "sandbox-psp", "xtask"];
+const NATIVE_PACKAGES: &[&str] =
+    &["orchestrator", "steps", "webhooks", "worker-common", "marketplace", "payments", "ads", "sandbox-psp", "xtask"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -124,7 +125,10 @@ fn dev(args: &[String]) -> Result<()> {
     println!("all services ready; state persists in {}. Ctrl-C stops everything.", Profile::Dev.dir().display());
     let outcome = stack::supervise(&mut stack, &STOP);
     let killed = stack.supervisor.stop_all();
-    eprintln!("stopped every service{}", if killed > 0 { format!(" ({killed} needed SIGKILL)") } else { String::new() });
+    eprintln!(
+        "stopped every service{}",
+        if killed > 0 { format!(" ({killed} needed SIGKILL)") } else { String::new() }
+    );
     outcome
 }
 
@@ -173,7 +177,9 @@ fn test(args: &[String]) -> Result<()> {
     drop(step);
     match status {
         Ok(s) if s.success() => Ok(()),
-        Ok(s) => bail!("end-to-end tests failed ({s}); service logs are in {}", Profile::Test.dir().join("logs").display()),
+        Ok(s) => {
+            bail!("end-to-end tests failed ({s}); service logs are in {}", Profile::Test.dir().join("logs").display())
+        }
         Err(e) => bail!("could not run the end-to-end tests: {e}"),
     }
 }

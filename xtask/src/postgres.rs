@@ -49,7 +49,14 @@ fn traversable_by_others(dir: &Path) -> bool {
 
 /// Initializes the cluster if needed and starts `postgres` under `supervisor`.
 /// Returns once it accepts connections and the migrations are applied.
-pub fn start(supervisor: &mut Supervisor, pg_bin: &Path, data: &Path, port: u16, log: &Path, fast_and_loose: bool) -> Result<()> {
+pub fn start(
+    supervisor: &mut Supervisor,
+    pg_bin: &Path,
+    data: &Path,
+    port: u16,
+    log: &Path,
+    fast_and_loose: bool,
+) -> Result<()> {
     let cluster = data.join("cluster");
     prepare_dir(data)?;
     if !cluster.join("PG_VERSION").exists() {
@@ -114,7 +121,10 @@ fn wait_ready(supervisor: &mut Supervisor, port: u16, log: &Path) -> Result<()> 
             bail!("postgres exited during start-up; its log says:\n{}", process::tail(log, 20));
         }
         if Instant::now() > deadline {
-            bail!("postgres did not accept connections on 127.0.0.1:{port} within 60s; log:\n{}", process::tail(log, 20));
+            bail!(
+                "postgres did not accept connections on 127.0.0.1:{port} within 60s; log:\n{}",
+                process::tail(log, 20)
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -150,9 +160,8 @@ pub fn load_migrations(dir: &Path) -> Result<Vec<Migration>> {
         let path = entry?.path();
         let Some(file) = path.file_name().and_then(|f| f.to_str()) else { continue };
         let Some(stem) = file.strip_suffix(".sql") else { continue };
-        let (number, name) = stem
-            .split_once('_')
-            .with_context(|| format!("migration {file} must be named NNNN_description.sql"))?;
+        let (number, name) =
+            stem.split_once('_').with_context(|| format!("migration {file} must be named NNNN_description.sql"))?;
         let version: i32 = number.parse().with_context(|| format!("migration {file} must start with a number"))?;
         migrations.push(Migration { version, name: name.to_string(), sql: fs::read_to_string(&path)? });
     }
@@ -179,7 +188,8 @@ pub fn migrate(database_url: &str) -> Result<()> {
     )?;
     let mut applied = 0;
     for migration in &migrations {
-        let recorded = client.query_opt("SELECT checksum FROM schema_migrations WHERE version = $1", &[&migration.version])?;
+        let recorded =
+            client.query_opt("SELECT checksum FROM schema_migrations WHERE version = $1", &[&migration.version])?;
         if let Some(row) = recorded {
             let checksum: String = row.get(0);
             if checksum != migration.checksum() {

@@ -102,13 +102,27 @@ impl Supervisor {
 
     /// Like [`Supervisor::spawn`], but inside a PID namespace of its own when
     /// the system allows it, so that none of its descendants can outlive it.
-    pub fn spawn_contained(&mut self, name: &str, command: Command, log: &Path, output: Output, stop_signal: i32) -> Result<()> {
+    pub fn spawn_contained(
+        &mut self,
+        name: &str,
+        command: Command,
+        log: &Path,
+        output: Output,
+        stop_signal: i32,
+    ) -> Result<()> {
         let command = if pid_namespaces_work() { in_pid_namespace(&command) } else { command };
         self.spawn(name, command, log, output, stop_signal)
     }
 
     /// Starts `command` in its own process group, output to `log`.
-    pub fn spawn(&mut self, name: &str, mut command: Command, log: &Path, output: Output, stop_signal: i32) -> Result<()> {
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        mut command: Command,
+        log: &Path,
+        output: Output,
+        stop_signal: i32,
+    ) -> Result<()> {
         if let Some(parent) = log.parent() {
             fs::create_dir_all(parent)?;
         }
@@ -124,7 +138,10 @@ impl Supervisor {
         }
         let mut child = command.spawn().with_context(|| format!("could not start {name}: {command:?}"))?;
         let file = fs::OpenOptions::new().create(true).append(true).open(log)?;
-        for (stream, is_err) in [(child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), false), (child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), true)] {
+        for (stream, is_err) in [
+            (child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), false),
+            (child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), true),
+        ] {
             let Some(stream) = stream else { continue };
             let mut file = file.try_clone()?;
             let prefix = format!("[{name}] ");
@@ -158,7 +175,8 @@ impl Supervisor {
     /// SIGKILLs one child's whole process group at once (no chance to shut
     /// down cleanly) and forgets it.
     pub fn kill_hard(&mut self, name: &str) -> Result<()> {
-        let index = self.children.iter().position(|m| m.name == name).with_context(|| format!("no running service {name}"))?;
+        let index =
+            self.children.iter().position(|m| m.name == name).with_context(|| format!("no running service {name}"))?;
         let mut managed = self.children.remove(index);
         let pgid = managed.child.id() as i32;
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
@@ -171,10 +189,7 @@ impl Supervisor {
     }
 
     pub fn is_running(&mut self, name: &str) -> bool {
-        self.children
-            .iter_mut()
-            .find(|m| m.name == name)
-            .is_some_and(|m| matches!(m.child.try_wait(), Ok(None)))
+        self.children.iter_mut().find(|m| m.name == name).is_some_and(|m| matches!(m.child.try_wait(), Ok(None)))
     }
 
     /// Stops every child, newest first, and waits for whole process groups to
@@ -259,9 +274,7 @@ fn cwd(pid: i32) -> PathBuf {
 }
 
 fn cmdline(pid: i32) -> String {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .unwrap_or_default()
+    fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default()
 }
 
 /// The last `n` lines of a log file, for error messages.

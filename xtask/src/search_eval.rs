@@ -23,9 +23,14 @@ fn grade(listing: &Listing, judgments: &[Value]) -> u32 {
     for rule in judgments {
         let str_is = |key: &str, actual: &str| rule.get(key).and_then(Value::as_str).is_none_or(|want| want == actual);
         let any_of = |key: &str, actual: Option<&str>| {
-            rule.get(key).and_then(Value::as_array).is_none_or(|wanted| wanted.iter().any(|w| Some(w.as_str().unwrap_or_default()) == actual))
+            rule.get(key)
+                .and_then(Value::as_array)
+                .is_none_or(|wanted| wanted.iter().any(|w| Some(w.as_str().unwrap_or_default()) == actual))
         };
-        let tags = rule.get("tags").and_then(Value::as_array).is_none_or(|wanted| wanted.iter().all(|w| listing.tags.contains(&w.as_str().unwrap_or_default())));
+        let tags = rule
+            .get("tags")
+            .and_then(Value::as_array)
+            .is_none_or(|wanted| wanted.iter().all(|w| listing.tags.contains(&w.as_str().unwrap_or_default())));
         if str_is("category", listing.category)
             && str_is("species", listing.species)
             && any_of("kind", Some(listing.kind))
@@ -88,7 +93,8 @@ pub fn main(args: &[String]) -> Result<()> {
         [flag, n] if flag == "--count" => n.parse().context("--count takes a number")?,
         _ => bail!("usage: cargo xtask eval search [--count N]"),
     };
-    let judged: Value = serde_json::from_str(&std::fs::read_to_string(crate::paths::root().join("tests/data/search_relevance.json"))?)?;
+    let judged: Value =
+        serde_json::from_str(&std::fs::read_to_string(crate::paths::root().join("tests/data/search_relevance.json"))?)?;
     let queries = judged["queries"].as_array().context("no queries")?.clone();
 
     let tools = tools::ensure(false, Profile::Test.database_url_override().is_none())?;
@@ -105,7 +111,8 @@ pub fn main(args: &[String]) -> Result<()> {
 fn run(stack: &stack::Stack, count: u64, queries: &[Value]) -> Result<()> {
     let embedder_url = format!("http://127.0.0.1:{}", stack.ports.embedder);
     seed::seed(&seed::Target { database_url: stack.database_url.clone(), embedder_url }, SEED, count)?;
-    let catalog: HashMap<String, Listing> = (0..count).map(|i| seed::generate(SEED, i)).map(|l| (l.id.clone(), l)).collect();
+    let catalog: HashMap<String, Listing> =
+        (0..count).map(|i| seed::generate(SEED, i)).map(|l| (l.id.clone(), l)).collect();
     let mut client = postgres::Client::connect(&stack.database_url, postgres::NoTls)?;
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let base = stack.url("marketplace");
@@ -116,7 +123,10 @@ fn run(stack: &stack::Stack, count: u64, queries: &[Value]) -> Result<()> {
         let q = query["q"].as_str().context("q")?;
         let judgments = query["judgments"].as_array().context("judgments")?;
         let answer = api(&agent, &format!("{base}/v1/search?q={}&limit=10", encode(q)))?;
-        let hybrid: Vec<String> = answer["items"].as_array().map(|a| a.iter().filter_map(|i| i["id"].as_str().map(String::from)).collect()).unwrap_or_default();
+        let hybrid: Vec<String> = answer["items"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|i| i["id"].as_str().map(String::from)).collect())
+            .unwrap_or_default();
         let text = fulltext(&mut client, q)?;
         let (h, t) = (ndcg(&hybrid, &catalog, judgments), ndcg(&text, &catalog, judgments));
         sum_hybrid += h;
@@ -124,13 +134,24 @@ fn run(stack: &stack::Stack, count: u64, queries: &[Value]) -> Result<()> {
         println!("{q:<40} {h:>8.3} {t:>10.3}");
     }
     let n = queries.len() as f64;
-    println!("{:<40} {:>8.3} {:>10.3}   ({} queries, {count} listings)", "mean nDCG@10", sum_hybrid / n, sum_text / n, queries.len());
+    println!(
+        "{:<40} {:>8.3} {:>10.3}   ({} queries, {count} listings)",
+        "mean nDCG@10",
+        sum_hybrid / n,
+        sum_text / n,
+        queries.len()
+    );
 
     // Filters that match about 1% of listings: one species, priced in EUR,
     // under a ceiling picked so that ~1% of all listings pass.
     println!("\nfiltered queries (about 1% of listings match):");
     let target = (count as f64 * 0.01).round().max(1.0) as i64;
-    for (species, q) in [("reptile", "something to keep my pet warm"), ("dog", "friendly companion"), ("cat", "toy"), ("fish", "aquarium")] {
+    for (species, q) in [
+        ("reptile", "something to keep my pet warm"),
+        ("dog", "friendly companion"),
+        ("cat", "toy"),
+        ("fish", "aquarium"),
+    ] {
         let rows = client.query(
             "SELECT price_minor FROM listings WHERE species = $1 AND currency = 'EUR' AND status = 'active' AND quantity > reserved + sold
              ORDER BY price_minor LIMIT $2",
@@ -145,7 +166,10 @@ fn run(stack: &stack::Stack, count: u64, queries: &[Value]) -> Result<()> {
             .get(0);
         let max_price = format!("{}.{:02}", ceiling / 100, ceiling % 100);
         let limit = 10.min(matching);
-        let url = format!("{base}/v1/search?q={}&species={species}&currency=EUR&max_price={max_price}&limit={limit}", encode(q));
+        let url = format!(
+            "{base}/v1/search?q={}&species={species}&currency=EUR&max_price={max_price}&limit={limit}",
+            encode(q)
+        );
         let got = api(&agent, &url)?["items"].as_array().map_or(0, Vec::len) as i64;
         let status = if got == limit { "ok" } else { "STARVED" };
         println!(

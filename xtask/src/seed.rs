@@ -88,7 +88,14 @@ struct Breed {
     price: f64,
 }
 
-const fn b(species: &'static str, name: &'static str, young: &'static str, adult: &'static str, size: &'static str, price: f64) -> Breed {
+const fn b(
+    species: &'static str,
+    name: &'static str,
+    young: &'static str,
+    adult: &'static str,
+    size: &'static str,
+    price: f64,
+) -> Breed {
     Breed { species, name, young, adult, size, price }
 }
 
@@ -176,43 +183,321 @@ const fn s(
 }
 
 const PRODUCTS: &[Product] = &[
-    p("puppy_food", "dog", &["Puppy food for small breeds, 3 kg", "Small breed puppy kibble", "Grain-free puppy food, mini breeds"], &["Small kibble size for little mouths, with DHA for brain development.", "Chicken and rice recipe for puppies up to 12 months.", "Sealed bag, best before next year."], &["food", "puppy", "small_breed"], 25.0),
-    p("dog_food", "dog", &["Adult dog food, 12 kg", "Grain-free dry dog food", "Senior dog kibble, joint support"], &["Salmon and potato, for sensitive stomachs.", "High protein recipe for active dogs.", "With glucosamine for older joints."], &["food"], 45.0),
-    p("cat_food", "cat", &["Senior cat food, 2 kg", "Wet cat food, 24 pouches", "Indoor cat dry food"], &["Tuna in jelly, a mix of flavours.", "For cats over 7 years, kidney friendly.", "Hairball control formula for indoor cats."], &["food"], 20.0),
-    p("bird_seed", "bird", &["Budgie seed mix, 1 kg", "Parrot food with nuts and fruit", "Canary seed blend"], &["Millet, canary seed and oats.", "Vitamin enriched, no artificial colours."], &["food"], 8.0),
-    p("fish_food", "fish", &["Tropical fish flakes, 250 ml", "Goldfish pellets", "Koi food sticks, 5 l"], &["Colour enhancing formula that floats.", "Will not cloud the water."], &["food"], 9.0),
-    p("rabbit_hay", "rabbit", &["Timothy hay for rabbits, 2.5 kg", "Meadow hay bale for rabbits and guinea pigs"], &["Dust-extracted, sweet smelling, long strands.", "Harvested this summer, stored dry."], &["food"], 12.0),
-    p("aquarium_heater", "fish", &["Aquarium heater 50 W", "Adjustable aquarium heater 100 W", "Titanium tank heater 200 W"], &["Keeps tropical tanks at a steady temperature, thermostat built in.", "Submersible, shatterproof, with a suction cup mount.", "Barely used, works perfectly, for tanks up to 120 litres."], &["aquarium", "heating"], 22.0),
-    p("aquarium_filter", "fish", &["Internal aquarium filter", "External canister filter for aquariums"], &["Quiet pump, three stage filtration, keeps the water clear.", "Includes sponges and ceramic rings."], &["aquarium"], 45.0),
-    p("aquarium_tank", "fish", &["60 litre aquarium tank with lid", "Nano aquarium 20 l, LED light"], &["Glass tank with LED lighting, no leaks.", "Starter set with gravel and plastic plants."], &["aquarium"], 80.0),
-    p("terrarium", "reptile", &["Glass terrarium 90 x 45 x 45 cm", "Wooden vivarium for bearded dragons"], &["Front opening doors, mesh top for ventilation.", "Sliding glass doors, cable holes for lamps."], &["reptile_housing"], 150.0),
-    p("heat_lamp", "reptile", &["Reptile basking lamp 75 W", "Ceramic heat emitter with thermostat", "Heat mat for reptiles"], &["Creates a warm basking spot, keeps your reptile warm at night.", "Thermostat included, safe for vivariums."], &["heating"], 30.0),
-    p("uv_lamp", "reptile", &["UVB tube for reptiles, 10%", "UV light for tortoise table"], &["Essential UVB for calcium and healthy bones.", "Replaced every 12 months, this one is new."], &["lighting"], 35.0),
-    p("dog_lead", "dog", &["Leather dog lead, 2 m", "Retractable dog leash, 5 m", "Reflective dog leash"], &["Strong brass clip, soft handle, for daily walks.", "Visible at night for evening walks."], &["walking"], 18.0),
-    p("dog_harness", "dog", &["No-pull dog harness, size M", "Padded harness for small dogs"], &["Stops pulling on walks, adjustable straps.", "Breathable mesh, easy to put on."], &["walking"], 28.0),
-    p("dog_bed", "dog", &["Orthopaedic dog bed, large", "Washable dog bed, donut shape"], &["Memory foam, ideal for older dogs with stiff joints.", "Machine washable cover, non-slip base."], &["bed"], 55.0),
-    p("dog_crate", "dog", &["Folding dog crate, 91 cm", "Travel crate for small dogs"], &["Two doors, removable tray, folds flat for the car.", "Airline approved, ventilated."], &["travel"], 60.0),
-    p("cat_tree", "cat", &["Cat tree with scratching posts, 150 cm", "Sisal scratching post", "Wall mounted cat shelves"], &["Sisal posts, hammock and a cosy cave for naps.", "Sturdy base, for big cats too."], &["scratching"], 65.0),
-    p("litter_box", "cat", &["Hooded cat litter box", "Self-cleaning litter tray"], &["Carbon filter keeps odours in, easy to clean.", "Large entrance, fits big cats."], &["hygiene"], 35.0),
-    p("cat_carrier", "cat", &["Cat carrier, top loading", "Soft cat travel bag"], &["For vet visits, with a seat belt loop.", "Padded, airy, folds flat."], &["travel"], 30.0),
-    p("bird_cage", "bird", &["Large bird cage with stand", "Budgie cage with perches"], &["Room for two birds, removable tray, feeding cups.", "Includes toys, swing and a bath."], &["bird_housing"], 90.0),
-    p("rabbit_hutch", "rabbit", &["Two storey rabbit hutch with run", "Indoor rabbit cage 120 cm"], &["Weatherproof wood, ramp and a closed sleeping area.", "Lots of room to hop, easy to clean."], &["rodent_housing"], 120.0),
-    p("hamster_cage", "rodent", &["Hamster cage with wheel and tubes", "Guinea pig cage, 140 cm"], &["Deep base for burrowing, silent wheel.", "Plenty of floor space for two guinea pigs."], &["rodent_housing"], 50.0),
-    p("saddle", "horse", &["General purpose saddle, 17 inch", "Dressage saddle, medium tree"], &["Leather in good condition, recently checked by a saddler.", "Comes with girth and stirrups."], &["riding"], 600.0),
-    p("horse_rug", "horse", &["Turnout rug, 150 g, 6'3", "Fleece cooler rug"], &["Waterproof and breathable, used one winter.", "Wicks sweat after exercise."], &["riding"], 70.0),
-    p("grooming_brush", "dog", &["Deshedding brush for dogs and cats", "Slicker brush for long coats"], &["Removes loose undercoat, less hair on the sofa.", "Gentle pins, self-cleaning button."], &["grooming"], 15.0),
-    p("dog_toy", "dog", &["Indestructible chew toy", "Puzzle feeder for dogs", "Rope toy set"], &["Keeps clever dogs busy, slows down fast eaters.", "Natural rubber, dishwasher safe."], &["toy"], 12.0),
-    p("cat_toy", "cat", &["Interactive cat wand toy", "Catnip mice, set of 6"], &["Feathers and a bell, for indoor cats that need to play.", "Organic catnip."], &["toy"], 8.0),
-    s("dog_walking", "dog", &["Dog walking, one hour", "Group dog walks in the park", "Daily dog walker"], &["Experienced and insured, I walk dogs of every size twice a day.", "Off-lead running in a safe park, pick-up from your door."], &["walking"], 15.0),
-    s("pet_sitting", "other", &["Pet sitting in your home", "Holiday pet sitter for cats and small animals"], &["I feed, play with and look after your pets while you are away.", "Daily visits, photos sent every evening."], &["care"], 20.0),
-    s("cat_sitting", "cat", &["Cat sitting, home visits", "Cat sitter while you travel"], &["Two visits a day: food, litter, cuddles.", "Experienced with shy and older cats, can give medication."], &["care"], 18.0),
-    s("dog_grooming", "dog", &["Dog grooming, wash and cut", "Mobile dog groomer"], &["Bath, nail clipping and a breed cut at your home.", "Gentle with nervous dogs."], &["grooming"], 45.0),
-    s("dog_training", "dog", &["Puppy training classes", "Obedience training for dogs", "Recall training for reactive dogs"], &["Small groups, positive reinforcement, six weekly sessions.", "Learn sit, stay and loose-lead walking."], &["training"], 90.0),
-    s("boarding", "dog", &["Dog boarding kennel", "Home boarding for dogs"], &["A home from home while you travel, big garden.", "Heated kennels, daily walks."], &["care"], 30.0),
-    s("vet_visit", "other", &["Vet home visits", "Vaccination appointments at home"], &["Qualified vet, checkups and vaccinations at your home.", "Less stress for anxious pets."], &["health"], 70.0),
-    s("horse_livery", "horse", &["Full livery for horses", "DIY livery with grazing"], &["Stable, turnout and hay included, arena access.", "Quiet yard with good hacking."], &["care"], 350.0),
-    s("aquarium_service", "fish", &["Aquarium cleaning and maintenance", "Fish tank setup service"], &["Water changes, filter cleaning and water tests.", "We set up and cycle your new tank."], &["aquarium"], 40.0),
-    s("pet_taxi", "other", &["Pet taxi to the vet", "Pet transport across town"], &["Safe transport in crates, for every kind of pet.", "Available at weekends."], &["travel"], 25.0),
+    p(
+        "puppy_food",
+        "dog",
+        &["Puppy food for small breeds, 3 kg", "Small breed puppy kibble", "Grain-free puppy food, mini breeds"],
+        &[
+            "Small kibble size for little mouths, with DHA for brain development.",
+            "Chicken and rice recipe for puppies up to 12 months.",
+            "Sealed bag, best before next year.",
+        ],
+        &["food", "puppy", "small_breed"],
+        25.0,
+    ),
+    p(
+        "dog_food",
+        "dog",
+        &["Adult dog food, 12 kg", "Grain-free dry dog food", "Senior dog kibble, joint support"],
+        &[
+            "Salmon and potato, for sensitive stomachs.",
+            "High protein recipe for active dogs.",
+            "With glucosamine for older joints.",
+        ],
+        &["food"],
+        45.0,
+    ),
+    p(
+        "cat_food",
+        "cat",
+        &["Senior cat food, 2 kg", "Wet cat food, 24 pouches", "Indoor cat dry food"],
+        &[
+            "Tuna in jelly, a mix of flavours.",
+            "For cats over 7 years, kidney friendly.",
+            "Hairball control formula for indoor cats.",
+        ],
+        &["food"],
+        20.0,
+    ),
+    p(
+        "bird_seed",
+        "bird",
+        &["Budgie seed mix, 1 kg", "Parrot food with nuts and fruit", "Canary seed blend"],
+        &["Millet, canary seed and oats.", "Vitamin enriched, no artificial colours."],
+        &["food"],
+        8.0,
+    ),
+    p(
+        "fish_food",
+        "fish",
+        &["Tropical fish flakes, 250 ml", "Goldfish pellets", "Koi food sticks, 5 l"],
+        &["Colour enhancing formula that floats.", "Will not cloud the water."],
+        &["food"],
+        9.0,
+    ),
+    p(
+        "rabbit_hay",
+        "rabbit",
+        &["Timothy hay for rabbits, 2.5 kg", "Meadow hay bale for rabbits and guinea pigs"],
+        &["Dust-extracted, sweet smelling, long strands.", "Harvested this summer, stored dry."],
+        &["food"],
+        12.0,
+    ),
+    p(
+        "aquarium_heater",
+        "fish",
+        &["Aquarium heater 50 W", "Adjustable aquarium heater 100 W", "Titanium tank heater 200 W"],
+        &[
+            "Keeps tropical tanks at a steady temperature, thermostat built in.",
+            "Submersible, shatterproof, with a suction cup mount.",
+            "Barely used, works perfectly, for tanks up to 120 litres.",
+        ],
+        &["aquarium", "heating"],
+        22.0,
+    ),
+    p(
+        "aquarium_filter",
+        "fish",
+        &["Internal aquarium filter", "External canister filter for aquariums"],
+        &["Quiet pump, three stage filtration, keeps the water clear.", "Includes sponges and ceramic rings."],
+        &["aquarium"],
+        45.0,
+    ),
+    p(
+        "aquarium_tank",
+        "fish",
+        &["60 litre aquarium tank with lid", "Nano aquarium 20 l, LED light"],
+        &["Glass tank with LED lighting, no leaks.", "Starter set with gravel and plastic plants."],
+        &["aquarium"],
+        80.0,
+    ),
+    p(
+        "terrarium",
+        "reptile",
+        &["Glass terrarium 90 x 45 x 45 cm", "Wooden vivarium for bearded dragons"],
+        &["Front opening doors, mesh top for ventilation.", "Sliding glass doors, cable holes for lamps."],
+        &["reptile_housing"],
+        150.0,
+    ),
+    p(
+        "heat_lamp",
+        "reptile",
+        &["Reptile basking lamp 75 W", "Ceramic heat emitter with thermostat", "Heat mat for reptiles"],
+        &["Creates a warm basking spot, keeps your reptile warm at night.", "Thermostat included, safe for vivariums."],
+        &["heating"],
+        30.0,
+    ),
+    p(
+        "uv_lamp",
+        "reptile",
+        &["UVB tube for reptiles, 10%", "UV light for tortoise table"],
+        &["Essential UVB for calcium and healthy bones.", "Replaced every 12 months, this one is new."],
+        &["lighting"],
+        35.0,
+    ),
+    p(
+        "dog_lead",
+        "dog",
+        &["Leather dog lead, 2 m", "Retractable dog leash, 5 m", "Reflective dog leash"],
+        &["Strong brass clip, soft handle, for daily walks.", "Visible at night for evening walks."],
+        &["walking"],
+        18.0,
+    ),
+    p(
+        "dog_harness",
+        "dog",
+        &["No-pull dog harness, size M", "Padded harness for small dogs"],
+        &["Stops pulling on walks, adjustable straps.", "Breathable mesh, easy to put on."],
+        &["walking"],
+        28.0,
+    ),
+    p(
+        "dog_bed",
+        "dog",
+        &["Orthopaedic dog bed, large", "Washable dog bed, donut shape"],
+        &["Memory foam, ideal for older dogs with stiff joints.", "Machine washable cover, non-slip base."],
+        &["bed"],
+        55.0,
+    ),
+    p(
+        "dog_crate",
+        "dog",
+        &["Folding dog crate, 91 cm", "Travel crate for small dogs"],
+        &["Two doors, removable tray, folds flat for the car.", "Airline approved, ventilated."],
+        &["travel"],
+        60.0,
+    ),
+    p(
+        "cat_tree",
+        "cat",
+        &["Cat tree with scratching posts, 150 cm", "Sisal scratching post", "Wall mounted cat shelves"],
+        &["Sisal posts, hammock and a cosy cave for naps.", "Sturdy base, for big cats too."],
+        &["scratching"],
+        65.0,
+    ),
+    p(
+        "litter_box",
+        "cat",
+        &["Hooded cat litter box", "Self-cleaning litter tray"],
+        &["Carbon filter keeps odours in, easy to clean.", "Large entrance, fits big cats."],
+        &["hygiene"],
+        35.0,
+    ),
+    p(
+        "cat_carrier",
+        "cat",
+        &["Cat carrier, top loading", "Soft cat travel bag"],
+        &["For vet visits, with a seat belt loop.", "Padded, airy, folds flat."],
+        &["travel"],
+        30.0,
+    ),
+    p(
+        "bird_cage",
+        "bird",
+        &["Large bird cage with stand", "Budgie cage with perches"],
+        &["Room for two birds, removable tray, feeding cups.", "Includes toys, swing and a bath."],
+        &["bird_housing"],
+        90.0,
+    ),
+    p(
+        "rabbit_hutch",
+        "rabbit",
+        &["Two storey rabbit hutch with run", "Indoor rabbit cage 120 cm"],
+        &["Weatherproof wood, ramp and a closed sleeping area.", "Lots of room to hop, easy to clean."],
+        &["rodent_housing"],
+        120.0,
+    ),
+    p(
+        "hamster_cage",
+        "rodent",
+        &["Hamster cage with wheel and tubes", "Guinea pig cage, 140 cm"],
+        &["Deep base for burrowing, silent wheel.", "Plenty of floor space for two guinea pigs."],
+        &["rodent_housing"],
+        50.0,
+    ),
+    p(
+        "saddle",
+        "horse",
+        &["General purpose saddle, 17 inch", "Dressage saddle, medium tree"],
+        &["Leather in good condition, recently checked by a saddler.", "Comes with girth and stirrups."],
+        &["riding"],
+        600.0,
+    ),
+    p(
+        "horse_rug",
+        "horse",
+        &["Turnout rug, 150 g, 6'3", "Fleece cooler rug"],
+        &["Waterproof and breathable, used one winter.", "Wicks sweat after exercise."],
+        &["riding"],
+        70.0,
+    ),
+    p(
+        "grooming_brush",
+        "dog",
+        &["Deshedding brush for dogs and cats", "Slicker brush for long coats"],
+        &["Removes loose undercoat, less hair on the sofa.", "Gentle pins, self-cleaning button."],
+        &["grooming"],
+        15.0,
+    ),
+    p(
+        "dog_toy",
+        "dog",
+        &["Indestructible chew toy", "Puzzle feeder for dogs", "Rope toy set"],
+        &["Keeps clever dogs busy, slows down fast eaters.", "Natural rubber, dishwasher safe."],
+        &["toy"],
+        12.0,
+    ),
+    p(
+        "cat_toy",
+        "cat",
+        &["Interactive cat wand toy", "Catnip mice, set of 6"],
+        &["Feathers and a bell, for indoor cats that need to play.", "Organic catnip."],
+        &["toy"],
+        8.0,
+    ),
+    s(
+        "dog_walking",
+        "dog",
+        &["Dog walking, one hour", "Group dog walks in the park", "Daily dog walker"],
+        &[
+            "Experienced and insured, I walk dogs of every size twice a day.",
+            "Off-lead running in a safe park, pick-up from your door.",
+        ],
+        &["walking"],
+        15.0,
+    ),
+    s(
+        "pet_sitting",
+        "other",
+        &["Pet sitting in your home", "Holiday pet sitter for cats and small animals"],
+        &["I feed, play with and look after your pets while you are away.", "Daily visits, photos sent every evening."],
+        &["care"],
+        20.0,
+    ),
+    s(
+        "cat_sitting",
+        "cat",
+        &["Cat sitting, home visits", "Cat sitter while you travel"],
+        &["Two visits a day: food, litter, cuddles.", "Experienced with shy and older cats, can give medication."],
+        &["care"],
+        18.0,
+    ),
+    s(
+        "dog_grooming",
+        "dog",
+        &["Dog grooming, wash and cut", "Mobile dog groomer"],
+        &["Bath, nail clipping and a breed cut at your home.", "Gentle with nervous dogs."],
+        &["grooming"],
+        45.0,
+    ),
+    s(
+        "dog_training",
+        "dog",
+        &["Puppy training classes", "Obedience training for dogs", "Recall training for reactive dogs"],
+        &["Small groups, positive reinforcement, six weekly sessions.", "Learn sit, stay and loose-lead walking."],
+        &["training"],
+        90.0,
+    ),
+    s(
+        "boarding",
+        "dog",
+        &["Dog boarding kennel", "Home boarding for dogs"],
+        &["A home from home while you travel, big garden.", "Heated kennels, daily walks."],
+        &["care"],
+        30.0,
+    ),
+    s(
+        "vet_visit",
+        "other",
+        &["Vet home visits", "Vaccination appointments at home"],
+        &["Qualified vet, checkups and vaccinations at your home.", "Less stress for anxious pets."],
+        &["health"],
+        70.0,
+    ),
+    s(
+        "horse_livery",
+        "horse",
+        &["Full livery for horses", "DIY livery with grazing"],
+        &["Stable, turnout and hay included, arena access.", "Quiet yard with good hacking."],
+        &["care"],
+        350.0,
+    ),
+    s(
+        "aquarium_service",
+        "fish",
+        &["Aquarium cleaning and maintenance", "Fish tank setup service"],
+        &["Water changes, filter cleaning and water tests.", "We set up and cycle your new tank."],
+        &["aquarium"],
+        40.0,
+    ),
+    s(
+        "pet_taxi",
+        "other",
+        &["Pet taxi to the vet", "Pet transport across town"],
+        &["Safe transport in crates, for every kind of pet.", "Available at weekends."],
+        &["travel"],
+        25.0,
+    ),
 ];
 
 /// JPY has no minor unit; the rest have two decimals.
@@ -268,7 +553,11 @@ pub fn generate(seed: u64, index: u64) -> Listing {
             1 => "one year old".to_string(),
             _ => format!("{years} years old"),
         };
-        let mut sentences = vec![format!("{} {}, {age_text}.", rng.pick(&["Our", "My", "This lovely", "A sweet"]), breed.name.to_string() + if breed.species == "horse" { " horse" } else { "" })];
+        let mut sentences = vec![format!(
+            "{} {}, {age_text}.",
+            rng.pick(&["Our", "My", "This lovely", "A sweet"]),
+            breed.name.to_string() + if breed.species == "horse" { " horse" } else { "" }
+        )];
         let home = match (breed.species, breed.size, senior) {
             (_, _, true) => {
                 tags.push("flat");
@@ -285,9 +574,25 @@ pub fn generate(seed: u64, index: u64) -> Listing {
             _ => "Used to being handled, easy to care for.",
         };
         sentences.push(home.to_string());
-        sentences.push(rng.pick(&["Vaccinated and microchipped.", "Health checked by a vet.", "Comes with papers and a health record.", "Neutered, all vaccinations up to date."]).to_string());
+        sentences.push(
+            rng.pick(&[
+                "Vaccinated and microchipped.",
+                "Health checked by a vet.",
+                "Comes with papers and a health record.",
+                "Neutered, all vaccinations up to date.",
+            ])
+            .to_string(),
+        );
         if rng.chance(40) {
-            sentences.push(rng.pick(&["Rehoming due to a move abroad.", "Only to a loving home.", "Viewing welcome at weekends.", "Starter kit included."]).to_string());
+            sentences.push(
+                rng.pick(&[
+                    "Rehoming due to a move abroad.",
+                    "Only to a loving home.",
+                    "Viewing welcome at weekends.",
+                    "Starter kit included.",
+                ])
+                .to_string(),
+            );
         }
         let factor = if senior { 0.3 } else { 0.6 + rng.unit() * 0.8 };
         return Listing {
@@ -317,9 +622,11 @@ pub fn generate(seed: u64, index: u64) -> Listing {
         }
     }
     sentences.push(if product.service {
-        rng.pick(&["References available.", "First session free.", "Book by message.", "Weekdays and weekends."]).to_string()
+        rng.pick(&["References available.", "First session free.", "Book by message.", "Weekdays and weekends."])
+            .to_string()
     } else {
-        rng.pick(&["Pick-up or postage.", "New, unopened.", "Used, good condition.", "Smoke-free, pet-friendly home."]).to_string()
+        rng.pick(&["Pick-up or postage.", "New, unopened.", "Used, good condition.", "Smoke-free, pet-friendly home."])
+            .to_string()
     });
     Listing {
         id,
@@ -369,7 +676,8 @@ pub fn embed(agent: &ureq::Agent, embedder_url: &str, texts: &[String]) -> Resul
     let literals = vectors
         .iter()
         .map(|v| {
-            let items = v.as_array().map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")).unwrap_or_default();
+            let items =
+                v.as_array().map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")).unwrap_or_default();
             format!("[{items}]")
         })
         .collect();
@@ -387,8 +695,11 @@ pub fn seed(target: &Target, seed: u64, count: u64) -> Result<()> {
     const BATCH: u64 = 64;
     let mut client = postgres::Client::connect(&target.database_url, postgres::NoTls)
         .with_context(|| format!("cannot connect to {}", crate::postgres::redact(&target.database_url)))?;
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(120))).http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(120)))
+        .http_status_as_error(false)
+        .build()
+        .into();
     let started = Instant::now();
     let mut done = 0u64;
     let mut start = 0u64;
@@ -411,7 +722,22 @@ pub fn seed(target: &Target, seed: u64, count: u64) -> Result<()> {
             let seller = format!("sel_seed{}", (l.id.len() as u64 + start) % 97);
             tx.execute(
                 &statement,
-                &[&l.id, &seller, &"acct_seed", &l.title, &l.description, &l.species, &l.breed, &l.age_months, &l.region, &l.price_minor, &l.currency, &l.quantity, vector, &model],
+                &[
+                    &l.id,
+                    &seller,
+                    &"acct_seed",
+                    &l.title,
+                    &l.description,
+                    &l.species,
+                    &l.breed,
+                    &l.age_months,
+                    &l.region,
+                    &l.price_minor,
+                    &l.currency,
+                    &l.quantity,
+                    vector,
+                    &model,
+                ],
             )?;
         }
         tx.commit()?;
@@ -437,7 +763,9 @@ fn bar(done: u64, total: u64) -> String {
 pub fn main(args: &[String]) -> Result<()> {
     let mut count = None;
     let mut seed_value = 1u64;
-    let mut database_url = crate::stack::Profile::Dev.database_url_override().unwrap_or_else(|| crate::postgres::url(crate::stack::Profile::Dev.ports().postgres));
+    let mut database_url = crate::stack::Profile::Dev
+        .database_url_override()
+        .unwrap_or_else(|| crate::postgres::url(crate::stack::Profile::Dev.ports().postgres));
     let mut embedder_url = format!("http://127.0.0.1:{}", crate::stack::Profile::Dev.ports().embedder);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -451,7 +779,10 @@ pub fn main(args: &[String]) -> Result<()> {
         }
     }
     let count = count.context("usage: cargo xtask seed-listings --count N (with `cargo xtask dev` running)")?;
-    crate::ui::info(format!("seeding {count} listings into {} (embeddings from {embedder_url})", crate::postgres::redact(&database_url)));
+    crate::ui::info(format!(
+        "seeding {count} listings into {} (embeddings from {embedder_url})",
+        crate::postgres::redact(&database_url)
+    ));
     seed(&Target { database_url, embedder_url }, seed_value, count)
 }
 
@@ -463,14 +794,24 @@ mod tests {
     fn generation_is_deterministic_and_varied() {
         let a: Vec<_> = (0..500).map(|i| generate(1, i)).collect();
         let b: Vec<_> = (0..500).map(|i| generate(1, i)).collect();
-        assert!(a.iter().zip(&b).all(|(x, y)| x.title == y.title && x.description == y.description && x.price_minor == y.price_minor));
+        assert!(a
+            .iter()
+            .zip(&b)
+            .all(|(x, y)| x.title == y.title && x.description == y.description && x.price_minor == y.price_minor));
         let kinds: std::collections::HashSet<_> = a.iter().map(|l| l.kind).collect();
         let species: std::collections::HashSet<_> = a.iter().map(|l| l.species).collect();
         let currencies: std::collections::HashSet<_> = a.iter().map(|l| l.currency).collect();
-        assert!(kinds.len() > 25 && species.len() >= 8 && currencies.len() == 5, "{kinds:?} {species:?} {currencies:?}");
+        assert!(
+            kinds.len() > 25 && species.len() >= 8 && currencies.len() == 5,
+            "{kinds:?} {species:?} {currencies:?}"
+        );
         for l in &a {
             assert!(!l.title.is_empty() && l.title.len() <= 200 && l.price_minor > 0 && l.quantity >= 1, "{l:?}");
-            assert!(l.id.starts_with("lst_") && l.id[4..].bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "{}", l.id);
+            assert!(
+                l.id.starts_with("lst_") && l.id[4..].bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+                "{}",
+                l.id
+            );
         }
     }
 }

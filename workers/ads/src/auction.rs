@@ -203,7 +203,13 @@ impl Index {
     /// Runs one auction. `gate(position, campaign)` answers for budget and
     /// frequency cap; it is only asked about campaigns whose targeting
     /// matches, in rank order, and only until the price is known.
-    pub fn run(&self, query: &Query, reserve_ecpm: i64, seed: u64, mut gate: impl FnMut(&Ranked) -> bool) -> Option<Outcome> {
+    pub fn run(
+        &self,
+        query: &Query,
+        reserve_ecpm: i64,
+        seed: u64,
+        mut gate: impl FnMut(&Ranked) -> bool,
+    ) -> Option<Outcome> {
         let species = self.lookup(query.species.as_deref());
         let breed = self.lookup(query.breed.as_deref());
         let region = self.lookup(query.region.as_deref());
@@ -327,7 +333,10 @@ mod tests {
         assert_eq!(out.price_micros, 300_000);
         // With a poor record (0 clicks in 900 impressions) it drops below.
         let stats = HashMap::from([("cmp_cpc".to_string(), Stats { impressions: 900, clicks: 0 })]);
-        let idx = Index::build(vec![entry("cmp_cpc", BidType::Cpc, 400_000), entry("cmp_cpm", BidType::Cpm, 3_000_000)], &stats);
+        let idx = Index::build(
+            vec![entry("cmp_cpc", BidType::Cpc, 400_000), entry("cmp_cpm", BidType::Cpm, 3_000_000)],
+            &stats,
+        );
         let out = idx.run(&Query::default(), 0, 7, |_| true).unwrap();
         assert_eq!(idx.ranked()[out.position].entry.id, "cmp_cpm");
     }

@@ -161,7 +161,8 @@ fn normalize_list(field: &'static str, list: &[String]) -> Result<Vec<String>, I
     }
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for item in list {
-        let item = normalize_value(item).ok_or_else(|| invalid(field, format!("{item:?} must be 1-64 characters of a-z, 0-9, '_' or '-'")))?;
+        let item = normalize_value(item)
+            .ok_or_else(|| invalid(field, format!("{item:?} must be 1-64 characters of a-z, 0-9, '_' or '-'")))?;
         if !out.contains(&item) {
             out.push(item);
         }
@@ -229,7 +230,10 @@ impl CampaignInput {
         }
         if let Some(cap) = self.frequency_cap {
             if cap.max == 0 || cap.max > 1000 || cap.per_seconds == 0 || cap.per_seconds > MAX_FREQ_WINDOW_SECONDS {
-                return Err(invalid("frequency_cap", format!("max must be 1-1000 and per_seconds 1-{MAX_FREQ_WINDOW_SECONDS}")));
+                return Err(invalid(
+                    "frequency_cap",
+                    format!("max must be 1-1000 and per_seconds 1-{MAX_FREQ_WINDOW_SECONDS}"),
+                ));
             }
         }
         let c = &self.creative;
@@ -244,7 +248,12 @@ impl CampaignInput {
     /// The bid in micro-units: a positive decimal with at most the
     /// currency's minor-unit precision.
     pub fn bid_micros(&self) -> Result<i64, Invalid> {
-        let value: Decimal = self.bid.value.trim().parse().map_err(|_| invalid("bid.value", "must be a decimal string like \"1.50\""))?;
+        let value: Decimal = self
+            .bid
+            .value
+            .trim()
+            .parse()
+            .map_err(|_| invalid("bid.value", "must be a decimal string like \"1.50\""))?;
         let money = Money::new(value, self.bid.currency).map_err(|e| invalid("bid.value", e.to_string()))?;
         to_micros(money.value()).ok_or_else(|| invalid("bid.value", "out of range"))
     }

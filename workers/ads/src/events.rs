@@ -95,7 +95,12 @@ impl Sink {
                     .blobs(point.blobs)
                     .doubles(point.doubles);
                 if let Err(e) = builder.write_to(ds) {
-                    worker_common::log::event(worker_common::log::Level::Warn, crate::SERVICE, "analytics write failed", serde_json::json!({ "error": e.to_string() }));
+                    worker_common::log::event(
+                        worker_common::log::Level::Warn,
+                        crate::SERVICE,
+                        "analytics write failed",
+                        serde_json::json!({ "error": e.to_string() }),
+                    );
                 }
             }
             Sink::Recorder => crate::state::with(|s| s.pending_points.push(point)),

@@ -60,7 +60,8 @@ async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response, Ap
             }
             let input: CampaignInput = body::json(&mut req).await?;
             let campaign = to_campaign(id, input)?;
-            let reply: serde_json::Value = objects::call(&env, "CATALOG", "catalog", &json!({ "op": "upsert", "campaigns": [campaign] })).await?;
+            let reply: serde_json::Value =
+                objects::call(&env, "CATALOG", "catalog", &json!({ "op": "upsert", "campaigns": [campaign] })).await?;
             serve::invalidate_snapshot();
             let created = reply["created"].as_array().is_some_and(|c| !c.is_empty());
             Ok(json_response(if created { 201 } else { 200 }, &campaign))
@@ -75,21 +76,38 @@ async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response, Ap
             let bytes = body::bytes(&mut req, objects::COMMAND_LIMIT).await?;
             let bulk: Bulk = body::parse_json(&bytes)?;
             if bulk.campaigns.len() > BULK_MAX {
-                return Err(ApiError::invalid("too_many_campaigns", format!("at most {BULK_MAX} campaigns per bulk write")));
+                return Err(ApiError::invalid(
+                    "too_many_campaigns",
+                    format!("at most {BULK_MAX} campaigns per bulk write"),
+                ));
             }
             let mut campaigns = Vec::with_capacity(bulk.campaigns.len());
             for (i, mut value) in bulk.campaigns.into_iter().enumerate() {
-                let id = value.as_object_mut().and_then(|o| o.remove("id")).and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                let id = value
+                    .as_object_mut()
+                    .and_then(|o| o.remove("id"))
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
                 if !valid_campaign_id(&id) {
-                    return Err(ApiError::invalid("invalid_field", format!("campaigns[{i}].id must look like cmp_...")));
+                    return Err(ApiError::invalid(
+                        "invalid_field",
+                        format!("campaigns[{i}].id must look like cmp_..."),
+                    ));
                 }
-                let input: CampaignInput =
-                    serde_json::from_value(value).map_err(|e| ApiError::invalid("invalid_field", format!("campaigns[{i}]: {e}")))?;
-                campaigns.push(to_campaign(&id, input).map_err(|e| ApiError::invalid(e.code, format!("campaigns[{i}].{}", e.message)))?);
+                let input: CampaignInput = serde_json::from_value(value)
+                    .map_err(|e| ApiError::invalid("invalid_field", format!("campaigns[{i}]: {e}")))?;
+                campaigns.push(
+                    to_campaign(&id, input)
+                        .map_err(|e| ApiError::invalid(e.code, format!("campaigns[{i}].{}", e.message)))?,
+                );
             }
-            let reply: serde_json::Value = objects::call(&env, "CATALOG", "catalog", &json!({ "op": "upsert", "campaigns": campaigns })).await?;
+            let reply: serde_json::Value =
+                objects::call(&env, "CATALOG", "catalog", &json!({ "op": "upsert", "campaigns": campaigns })).await?;
             serve::invalidate_snapshot();
-            Ok(json_response(200, &json!({ "written": campaigns.len(), "active": reply["active"], "version": reply["version"] })))
+            Ok(json_response(
+                200,
+                &json!({ "written": campaigns.len(), "active": reply["active"], "version": reply["version"] }),
+            ))
         }
         (Method::Get, ["v1", "campaigns"]) => {
             tokens(&env).require(&req, &[Role::Ops])?;
@@ -97,9 +115,19 @@ async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response, Ap
             let param = |name: &str| url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.to_string());
             let limit = match param("limit") {
                 None => 100,
-                Some(l) => l.parse::<u32>().ok().filter(|l| (1..=500).contains(l)).ok_or_else(|| ApiError::invalid("invalid_field", "limit must be 1-500"))?,
+                Some(l) => l
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|l| (1..=500).contains(l))
+                    .ok_or_else(|| ApiError::invalid("invalid_field", "limit must be 1-500"))?,
             };
-            let reply: serde_json::Value = objects::call(&env, "CATALOG", "catalog", &json!({ "op": "list", "after": param("cursor"), "limit": limit })).await?;
+            let reply: serde_json::Value = objects::call(
+                &env,
+                "CATALOG",
+                "catalog",
+                &json!({ "op": "list", "after": param("cursor"), "limit": limit }),
+            )
+            .await?;
             Ok(json_response(200, &reply))
         }
         (Method::Get, ["v1", "campaigns", id]) => {
@@ -108,12 +136,16 @@ async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response, Ap
             // the previous version for up to a minute after a write.
             let kv = env.kv("CAMPAIGNS").map_err(|e| ApiError::internal(format!("KV binding: {e}")))?;
             let text = if valid_campaign_id(id) {
-                kv.get(&objects::campaign_key(id)).text().await.map_err(|e| ApiError::unavailable("kv_unavailable", e.to_string()))?
+                kv.get(&objects::campaign_key(id))
+                    .text()
+                    .await
+                    .map_err(|e| ApiError::unavailable("kv_unavailable", e.to_string()))?
             } else {
                 None
             };
             let text = text.ok_or_else(|| ApiError::not_found(format!("no campaign {id}")))?;
-            let campaign: serde_json::Value = serde_json::from_str(&text).map_err(|e| ApiError::internal(format!("stored campaign unreadable: {e}")))?;
+            let campaign: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| ApiError::internal(format!("stored campaign unreadable: {e}")))?;
             Ok(json_response(200, &campaign))
         }
         (Method::Get, ["v1", "campaigns", id, "delivery"]) => {
@@ -121,24 +153,33 @@ async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response, Ap
             if !valid_campaign_id(id) {
                 return Err(ApiError::not_found(format!("no campaign {id}")));
             }
-            let reply: serde_json::Value = objects::call(&env, "BUDGET", "budget", &json!({ "op": "delivery", "id": id })).await?;
+            let reply: serde_json::Value =
+                objects::call(&env, "BUDGET", "budget", &json!({ "op": "delivery", "id": id })).await?;
             Ok(json_response(200, &reply))
         }
         (Method::Get, ["_test", "events"]) if route::config(&env, "ADS_EVENT_RECORDER").as_deref() == Some("on") => {
             let url = req.url()?;
             let campaign = url.query_pairs().find(|(k, _)| k == "campaign").map(|(_, v)| v.to_string());
-            let reply: serde_json::Value = objects::call(&env, "RECORDER", "recorder", &json!({ "op": "read", "campaign": campaign })).await?;
+            let reply: serde_json::Value =
+                objects::call(&env, "RECORDER", "recorder", &json!({ "op": "read", "campaign": campaign })).await?;
             Ok(json_response(200, &reply))
         }
         (_, ["healthz"]) => Err(ApiError::method_not_allowed(&method.to_string(), "/healthz")),
-        (_, ["v1", "campaigns", ..] | ["v1", "ads", ..]) => Err(ApiError::method_not_allowed(&method.to_string(), &req.path())),
+        (_, ["v1", "campaigns", ..] | ["v1", "ads", ..]) => {
+            Err(ApiError::method_not_allowed(&method.to_string(), &req.path()))
+        }
         _ => Err(ApiError::not_found(format!("no route for {} {}", method, req.path()))),
     }
 }
 
 fn to_campaign(id: &str, input: CampaignInput) -> Result<Campaign, ApiError> {
     let input = input.validate().map_err(|e| ApiError::invalid(e.code, e.to_string()))?;
-    Ok(Campaign { id: id.to_string(), creative_id: campaign::creative_id(&input.creative), input, updated_at: now_ms() / 1000 })
+    Ok(Campaign {
+        id: id.to_string(),
+        creative_id: campaign::creative_id(&input.creative),
+        input,
+        updated_at: now_ms() / 1000,
+    })
 }
 
 pub(crate) fn random_hex(n: usize) -> Result<String, ApiError> {

@@ -67,22 +67,25 @@ pub struct CatalogObject {
 impl DurableObject for CatalogObject {
     fn new(state: State, env: Env) -> Self {
         let sql = state.storage().sql();
+        let _ = sql
+            .exec("CREATE TABLE IF NOT EXISTS campaigns (id TEXT PRIMARY KEY, body TEXT NOT NULL, entry TEXT)", None);
         let _ = sql.exec(
-            "CREATE TABLE IF NOT EXISTS campaigns (id TEXT PRIMARY KEY, body TEXT NOT NULL, entry TEXT)",
+            "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)",
             None,
         );
-        let _ = sql.exec("CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)", None);
         CatalogObject { state, env }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        respond(async {
-            match command::<CatalogCommand>(&mut req).await? {
-                CatalogCommand::Upsert { campaigns } => self.upsert(campaigns).await,
-                CatalogCommand::List { after, limit } => self.list(after, limit),
+        respond(
+            async {
+                match command::<CatalogCommand>(&mut req).await? {
+                    CatalogCommand::Upsert { campaigns } => self.upsert(campaigns).await,
+                    CatalogCommand::List { after, limit } => self.list(after, limit),
+                }
             }
-        }
-        .await)
+            .await,
+        )
     }
 }
 
@@ -107,19 +110,24 @@ impl CatalogObject {
         let kv = self.env.kv("CAMPAIGNS").map_err(|e| ApiError::internal(format!("KV binding: {e}")))?;
         let mut created = Vec::new();
         for c in &campaigns {
-            let existing: Count = exec(&sql, "SELECT count(*) AS n FROM campaigns WHERE id = ?", vec![c.id.clone().into()])?
-                .one()
-                .map_err(sql_err)?;
+            let existing: Count =
+                exec(&sql, "SELECT count(*) AS n FROM campaigns WHERE id = ?", vec![c.id.clone().into()])?
+                    .one()
+                    .map_err(sql_err)?;
             if existing.n == 0 {
                 created.push(c.id.clone());
             }
             let body = serde_json::to_string(c).map_err(|e| ApiError::internal(e.to_string()))?;
-            let entry = c.entry().map(|e| serde_json::to_string(&e)).transpose().map_err(|e| ApiError::internal(e.to_string()))?;
-            exec(&sql, "INSERT OR REPLACE INTO campaigns (id, body, entry) VALUES (?, ?, ?)", vec![
-                c.id.clone().into(),
-                body.clone().into(),
-                entry.into(),
-            ])?;
+            let entry = c
+                .entry()
+                .map(|e| serde_json::to_string(&e))
+                .transpose()
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            exec(
+                &sql,
+                "INSERT OR REPLACE INTO campaigns (id, body, entry) VALUES (?, ?, ?)",
+                vec![c.id.clone().into(), body.clone().into(), entry.into()],
+            )?;
             kv.put(&campaign_key(&c.id), body)
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .execute()
@@ -128,10 +136,16 @@ impl CatalogObject {
         }
         // The snapshot is rebuilt from SQLite, which only this object
         // writes: it always reflects every write acknowledged so far.
-        exec(&sql, "INSERT INTO meta (id, version) VALUES (1, 1) ON CONFLICT(id) DO UPDATE SET version = version + 1", vec![])?;
+        exec(
+            &sql,
+            "INSERT INTO meta (id, version) VALUES (1, 1) ON CONFLICT(id) DO UPDATE SET version = version + 1",
+            vec![],
+        )?;
         let version: Value = exec(&sql, "SELECT version FROM meta WHERE id = 1", vec![])?.one().map_err(sql_err)?;
         let rows: Vec<EntryRow> =
-            exec(&sql, "SELECT entry FROM campaigns WHERE entry IS NOT NULL ORDER BY id", vec![])?.to_array().map_err(sql_err)?;
+            exec(&sql, "SELECT entry FROM campaigns WHERE entry IS NOT NULL ORDER BY id", vec![])?
+                .to_array()
+                .map_err(sql_err)?;
         let mut text = format!("{{\"version\":{},\"entries\":[", version["version"].as_i64().unwrap_or(0));
         for (i, row) in rows.iter().enumerate() {
             if i > 0 {
@@ -151,10 +165,11 @@ impl CatalogObject {
     fn list(&self, after: Option<String>, limit: u32) -> Result<Response, ApiError> {
         let sql = self.state.storage().sql();
         let limit = limit.clamp(1, 500) as i64;
-        let rows: Vec<BodyRow> = exec(&sql, "SELECT body FROM campaigns WHERE id > ? ORDER BY id LIMIT ?", vec![
-            after.unwrap_or_default().into(),
-            (limit + 1).into(),
-        ])?
+        let rows: Vec<BodyRow> = exec(
+            &sql,
+            "SELECT body FROM campaigns WHERE id > ? ORDER BY id LIMIT ?",
+            vec![after.unwrap_or_default().into(), (limit + 1).into()],
+        )?
         .to_array()
         .map_err(sql_err)?;
         let mut campaigns: Vec<Value> = rows.iter().filter_map(|r| serde_json::from_str(&r.body).ok()).collect();
@@ -175,8 +190,14 @@ impl CatalogObject {
 enum BudgetCommand {
     /// Adds an isolate's deltas (for `day`) and returns today's spend and
     /// all-time delivery changed after revision `since`.
-    Sync { day: u64, since: i64, batch: Vec<(String, Delta)> },
-    Delivery { id: String },
+    Sync {
+        day: u64,
+        since: i64,
+        batch: Vec<(String, Delta)>,
+    },
+    Delivery {
+        id: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -203,18 +224,23 @@ impl DurableObject for BudgetObject {
             "CREATE TABLE IF NOT EXISTS delivery (campaign TEXT PRIMARY KEY, impressions INTEGER NOT NULL, clicks INTEGER NOT NULL, rev INTEGER NOT NULL)",
             None,
         );
-        let _ = sql.exec("CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1), rev INTEGER NOT NULL)", None);
+        let _ = sql.exec(
+            "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1), rev INTEGER NOT NULL)",
+            None,
+        );
         BudgetObject { state }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        respond(async {
-            match command::<BudgetCommand>(&mut req).await? {
-                BudgetCommand::Sync { day, since, batch } => self.sync(day, since, batch),
-                BudgetCommand::Delivery { id } => self.delivery(&id),
+        respond(
+            async {
+                match command::<BudgetCommand>(&mut req).await? {
+                    BudgetCommand::Sync { day, since, batch } => self.sync(day, since, batch),
+                    BudgetCommand::Delivery { id } => self.delivery(&id),
+                }
             }
-        }
-        .await)
+            .await,
+        )
     }
 }
 
@@ -263,19 +289,25 @@ impl BudgetObject {
         }
         // An isolate still on another day needs all of today's rows.
         let since = if day == today { since } else { 0 };
-        let spent: Vec<SpendRow> = exec(&sql, "SELECT campaign, micros FROM spend WHERE day = ? AND rev > ?", vec![
-            (today as i64).into(),
-            since.into(),
-        ])?
+        let spent: Vec<SpendRow> = exec(
+            &sql,
+            "SELECT campaign, micros FROM spend WHERE day = ? AND rev > ?",
+            vec![(today as i64).into(), since.into()],
+        )?
         .to_array()
         .map_err(sql_err)?;
         let stats: Vec<DeliveryRow> =
-            exec(&sql, "SELECT campaign, impressions, clicks FROM delivery WHERE rev > ?", vec![since.into()])?.to_array().map_err(sql_err)?;
+            exec(&sql, "SELECT campaign, impressions, clicks FROM delivery WHERE rev > ?", vec![since.into()])?
+                .to_array()
+                .map_err(sql_err)?;
         let reply = SyncReply {
             day: today,
             revision: rev,
             spent: spent.into_iter().map(|r| (r.campaign, r.micros)).collect(),
-            stats: stats.into_iter().map(|r| (r.campaign, r.impressions.max(0) as u64, r.clicks.max(0) as u64)).collect(),
+            stats: stats
+                .into_iter()
+                .map(|r| (r.campaign, r.impressions.max(0) as u64, r.clicks.max(0) as u64))
+                .collect(),
         };
         Ok(json_response(200, &reply))
     }
@@ -283,22 +315,30 @@ impl BudgetObject {
     fn delivery(&self, id: &str) -> Result<Response, ApiError> {
         let sql = self.state.storage().sql();
         let today = Self::today();
-        let spent: Vec<SpendRow> = exec(&sql, "SELECT campaign, micros FROM spend WHERE campaign = ? AND day = ?", vec![
-            id.to_string().into(),
-            (today as i64).into(),
-        ])?
+        let spent: Vec<SpendRow> = exec(
+            &sql,
+            "SELECT campaign, micros FROM spend WHERE campaign = ? AND day = ?",
+            vec![id.to_string().into(), (today as i64).into()],
+        )?
         .to_array()
         .map_err(sql_err)?;
-        let d: Vec<DeliveryRow> = exec(&sql, "SELECT campaign, impressions, clicks FROM delivery WHERE campaign = ?", vec![id.to_string().into()])?
-            .to_array()
-            .map_err(sql_err)?;
+        let d: Vec<DeliveryRow> = exec(
+            &sql,
+            "SELECT campaign, impressions, clicks FROM delivery WHERE campaign = ?",
+            vec![id.to_string().into()],
+        )?
+        .to_array()
+        .map_err(sql_err)?;
         let micros = spent.first().map_or(0, |r| r.micros);
-        Ok(json_response(200, &json!({
-            "day": today,
-            "spent_micros": micros,
-            "impressions": d.first().map_or(0, |r| r.impressions),
-            "clicks": d.first().map_or(0, |r| r.clicks),
-        })))
+        Ok(json_response(
+            200,
+            &json!({
+                "day": today,
+                "spent_micros": micros,
+                "impressions": d.first().map_or(0, |r| r.impressions),
+                "clicks": d.first().map_or(0, |r| r.clicks),
+            }),
+        ))
     }
 }
 
@@ -307,10 +347,18 @@ impl BudgetObject {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum UserCommand {
-    History { now: u64 },
-    Record { seen: Vec<(String, u64)> },
+    History {
+        now: u64,
+    },
+    Record {
+        seen: Vec<(String, u64)>,
+    },
     /// First click on this impression within `window` seconds?
-    Click { impression_id: String, now: u64, window: u64 },
+    Click {
+        impression_id: String,
+        now: u64,
+        window: u64,
+    },
 }
 
 #[durable_object]
@@ -333,43 +381,63 @@ impl DurableObject for UserObject {
     fn new(state: State, _env: Env) -> Self {
         let sql = state.storage().sql();
         let _ = sql.exec("CREATE TABLE IF NOT EXISTS seen (campaign TEXT NOT NULL, at INTEGER NOT NULL)", None);
-        let _ = sql.exec("CREATE TABLE IF NOT EXISTS clicks (impression_id TEXT PRIMARY KEY, at INTEGER NOT NULL)", None);
+        let _ =
+            sql.exec("CREATE TABLE IF NOT EXISTS clicks (impression_id TEXT PRIMARY KEY, at INTEGER NOT NULL)", None);
         UserObject { state }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        respond(async {
-            let sql = self.state.storage().sql();
-            match command::<UserCommand>(&mut req).await? {
-                UserCommand::History { now } => {
-                    let oldest = now.saturating_sub(crate::campaign::MAX_FREQ_WINDOW_SECONDS as u64) as i64;
-                    exec(&sql, "DELETE FROM seen WHERE at <= ?", vec![oldest.into()])?;
-                    let rows: Vec<SeenRow> = exec(&sql, "SELECT campaign, at FROM seen ORDER BY at", vec![])?.to_array().map_err(sql_err)?;
-                    let seen: Vec<(String, u64)> = rows.into_iter().map(|r| (r.campaign, r.at.max(0) as u64)).collect();
-                    Ok(json_response(200, &json!({ "seen": seen })))
-                }
-                UserCommand::Record { seen } => {
-                    for (campaign, at) in seen {
-                        exec(&sql, "INSERT INTO seen (campaign, at) VALUES (?, ?)", vec![campaign.into(), (at as i64).into()])?;
+        respond(
+            async {
+                let sql = self.state.storage().sql();
+                match command::<UserCommand>(&mut req).await? {
+                    UserCommand::History { now } => {
+                        let oldest = now.saturating_sub(crate::campaign::MAX_FREQ_WINDOW_SECONDS as u64) as i64;
+                        exec(&sql, "DELETE FROM seen WHERE at <= ?", vec![oldest.into()])?;
+                        let rows: Vec<SeenRow> = exec(&sql, "SELECT campaign, at FROM seen ORDER BY at", vec![])?
+                            .to_array()
+                            .map_err(sql_err)?;
+                        let seen: Vec<(String, u64)> =
+                            rows.into_iter().map(|r| (r.campaign, r.at.max(0) as u64)).collect();
+                        Ok(json_response(200, &json!({ "seen": seen })))
                     }
-                    Ok(json_response(200, &json!({ "ok": true })))
-                }
-                UserCommand::Click { impression_id, now, window } => {
-                    let rows: Vec<ClickRow> =
-                        exec(&sql, "SELECT at FROM clicks WHERE impression_id = ?", vec![impression_id.clone().into()])?.to_array().map_err(sql_err)?;
-                    let first = rows.first().is_none_or(|r| now.saturating_sub(r.at.max(0) as u64) >= window);
-                    if first {
-                        exec(&sql, "INSERT OR REPLACE INTO clicks (impression_id, at) VALUES (?, ?)", vec![
-                            impression_id.into(),
-                            (now as i64).into(),
-                        ])?;
+                    UserCommand::Record { seen } => {
+                        for (campaign, at) in seen {
+                            exec(
+                                &sql,
+                                "INSERT INTO seen (campaign, at) VALUES (?, ?)",
+                                vec![campaign.into(), (at as i64).into()],
+                            )?;
+                        }
+                        Ok(json_response(200, &json!({ "ok": true })))
                     }
-                    exec(&sql, "DELETE FROM clicks WHERE at < ?", vec![(now.saturating_sub(86_400) as i64).into()])?;
-                    Ok(json_response(200, &json!({ "first": first })))
+                    UserCommand::Click { impression_id, now, window } => {
+                        let rows: Vec<ClickRow> = exec(
+                            &sql,
+                            "SELECT at FROM clicks WHERE impression_id = ?",
+                            vec![impression_id.clone().into()],
+                        )?
+                        .to_array()
+                        .map_err(sql_err)?;
+                        let first = rows.first().is_none_or(|r| now.saturating_sub(r.at.max(0) as u64) >= window);
+                        if first {
+                            exec(
+                                &sql,
+                                "INSERT OR REPLACE INTO clicks (impression_id, at) VALUES (?, ?)",
+                                vec![impression_id.into(), (now as i64).into()],
+                            )?;
+                        }
+                        exec(
+                            &sql,
+                            "DELETE FROM clicks WHERE at < ?",
+                            vec![(now.saturating_sub(86_400) as i64).into()],
+                        )?;
+                        Ok(json_response(200, &json!({ "first": first })))
+                    }
                 }
             }
-        }
-        .await)
+            .await,
+        )
     }
 }
 
@@ -397,35 +465,49 @@ impl DurableObject for RecorderObject {
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
-        respond(async {
-            let sql = self.state.storage().sql();
-            match command::<RecorderCommand>(&mut req).await? {
-                RecorderCommand::Write { points } => {
-                    for p in &points {
-                        let campaign = p["indexes"][0].as_str().unwrap_or_default().to_string();
-                        exec(&sql, "INSERT INTO points (campaign, body) VALUES (?, ?)", vec![campaign.into(), p.to_string().into()])?;
+        respond(
+            async {
+                let sql = self.state.storage().sql();
+                match command::<RecorderCommand>(&mut req).await? {
+                    RecorderCommand::Write { points } => {
+                        for p in &points {
+                            let campaign = p["indexes"][0].as_str().unwrap_or_default().to_string();
+                            exec(
+                                &sql,
+                                "INSERT INTO points (campaign, body) VALUES (?, ?)",
+                                vec![campaign.into(), p.to_string().into()],
+                            )?;
+                        }
+                        Ok(json_response(200, &json!({ "written": points.len() })))
                     }
-                    Ok(json_response(200, &json!({ "written": points.len() })))
-                }
-                RecorderCommand::Read { campaign } => {
-                    let rows: Vec<BodyRow> = match campaign {
-                        Some(c) => exec(&sql, "SELECT body FROM points WHERE campaign = ? ORDER BY seq", vec![c.into()])?,
-                        None => exec(&sql, "SELECT body FROM points ORDER BY seq DESC LIMIT 1000", vec![])?,
+                    RecorderCommand::Read { campaign } => {
+                        let rows: Vec<BodyRow> = match campaign {
+                            Some(c) => {
+                                exec(&sql, "SELECT body FROM points WHERE campaign = ? ORDER BY seq", vec![c.into()])?
+                            }
+                            None => exec(&sql, "SELECT body FROM points ORDER BY seq DESC LIMIT 1000", vec![])?,
+                        }
+                        .to_array()
+                        .map_err(sql_err)?;
+                        let points: Vec<Value> =
+                            rows.iter().filter_map(|r| serde_json::from_str(&r.body).ok()).collect();
+                        Ok(json_response(200, &json!({ "points": points })))
                     }
-                    .to_array()
-                    .map_err(sql_err)?;
-                    let points: Vec<Value> = rows.iter().filter_map(|r| serde_json::from_str(&r.body).ok()).collect();
-                    Ok(json_response(200, &json!({ "points": points })))
                 }
             }
-        }
-        .await)
+            .await,
+        )
     }
 }
 
 /// Sends a JSON command to the named object of `binding` and parses the
 /// JSON answer.
-pub async fn call<T: for<'de> Deserialize<'de>>(env: &Env, binding: &str, name: &str, message: &Value) -> Result<T, ApiError> {
+pub async fn call<T: for<'de> Deserialize<'de>>(
+    env: &Env,
+    binding: &str,
+    name: &str,
+    message: &Value,
+) -> Result<T, ApiError> {
     let namespace = env.durable_object(binding)?;
     let stub = namespace.id_from_name(name)?.get_stub()?;
     let mut init = worker::RequestInit::new();
@@ -437,7 +519,11 @@ pub async fn call<T: for<'de> Deserialize<'de>>(env: &Env, binding: &str, name: 
     if status != 200 {
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let message = v["error"]["message"].as_str().unwrap_or(&text).to_string();
-        return Err(ApiError::new(if status >= 500 { 503 } else { status }, "object_error", format!("{binding}: {message}")));
+        return Err(ApiError::new(
+            if status >= 500 { 503 } else { status },
+            "object_error",
+            format!("{binding}: {message}"),
+        ));
     }
     serde_json::from_str(&text).map_err(|e| ApiError::internal(format!("{binding} answered unreadable JSON: {e}")))
 }

@@ -35,7 +35,8 @@ struct Config {
 }
 
 fn config(env: &Env) -> Config {
-    let num = |name: &str, default: u64| route::config(env, name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(default);
+    let num =
+        |name: &str, default: u64| route::config(env, name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(default);
     let reserve = route::config(env, "RESERVE_CPM")
         .and_then(|v| v.parse::<rust_decimal::Decimal>().ok())
         .and_then(campaign::to_micros)
@@ -58,9 +59,15 @@ pub fn invalidate_snapshot() {
 
 async fn load_snapshot(env: &Env) -> Result<Rc<Index>, ApiError> {
     let kv = env.kv("CAMPAIGNS").map_err(|e| ApiError::internal(format!("KV binding: {e}")))?;
-    let text = kv.get(objects::SNAPSHOT_KEY).text().await.map_err(|e| ApiError::unavailable("kv_unavailable", e.to_string()))?;
+    let text = kv
+        .get(objects::SNAPSHOT_KEY)
+        .text()
+        .await
+        .map_err(|e| ApiError::unavailable("kv_unavailable", e.to_string()))?;
     let snapshot = match text {
-        Some(t) => serde_json::from_str::<Snapshot>(&t).map_err(|e| ApiError::internal(format!("snapshot unreadable: {e}")))?,
+        Some(t) => {
+            serde_json::from_str::<Snapshot>(&t).map_err(|e| ApiError::internal(format!("snapshot unreadable: {e}")))?
+        }
         None => Snapshot { version: 0, entries: Vec::new() },
     };
     let fetched = now_ms();
@@ -113,7 +120,10 @@ fn param(url: &worker::Url, name: &str) -> Option<String> {
 fn id_param(url: &worker::Url, name: &str, max: usize) -> Result<String, ApiError> {
     let v = param(url, name).ok_or_else(|| ApiError::invalid("invalid_field", format!("`{name}` is required")))?;
     if v.is_empty() || v.len() > max || !v.bytes().all(campaign::token_byte) {
-        return Err(ApiError::invalid("invalid_field", format!("`{name}` must be 1-{max} characters of A-Z a-z 0-9 _ -")));
+        return Err(ApiError::invalid(
+            "invalid_field",
+            format!("`{name}` must be 1-{max} characters of A-Z a-z 0-9 _ -"),
+        ));
     }
     Ok(v)
 }
@@ -121,7 +131,9 @@ fn id_param(url: &worker::Url, name: &str, max: usize) -> Result<String, ApiErro
 fn slug_param(url: &worker::Url, name: &str) -> Result<Option<String>, ApiError> {
     match param(url, name).filter(|v| !v.is_empty()) {
         None => Ok(None),
-        Some(v) => normalize_value(&v).map(Some).ok_or_else(|| ApiError::invalid("invalid_field", format!("`{name}` must be a slug of a-z 0-9 _ -"))),
+        Some(v) => normalize_value(&v)
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid("invalid_field", format!("`{name}` must be a slug of a-z 0-9 _ -"))),
     }
 }
 
@@ -140,7 +152,8 @@ fn parse_query(url: &worker::Url) -> Result<(String, String, Query), ApiError> {
     let mut interests = Vec::new();
     if let Some(list) = param(url, "interests") {
         for item in list.split(',').filter(|s| !s.trim().is_empty()) {
-            let v = normalize_value(item).ok_or_else(|| ApiError::invalid("invalid_field", "`interests` must be comma-separated slugs"))?;
+            let v = normalize_value(item)
+                .ok_or_else(|| ApiError::invalid("invalid_field", "`interests` must be comma-separated slugs"))?;
             if !interests.contains(&v) {
                 interests.push(v);
             }
@@ -149,7 +162,13 @@ fn parse_query(url: &worker::Url) -> Result<(String, String, Query), ApiError> {
             return Err(ApiError::invalid("invalid_field", "at most 64 interests"));
         }
     }
-    let query = Query { species: slug_param(url, "species")?, breed: slug_param(url, "breed")?, age_months, interests, region: slug_param(url, "region")? };
+    let query = Query {
+        species: slug_param(url, "species")?,
+        breed: slug_param(url, "breed")?,
+        age_months,
+        interests,
+        region: slug_param(url, "region")?,
+    };
     Ok((placement, user, query))
 }
 
@@ -197,7 +216,13 @@ pub async fn ad(req: &Request, env: &Env, ctx: &Context) -> Result<Response, Api
     let winner = &index.ranked()[outcome.position];
     let entry = &winner.entry;
     let impression_id = format!("imp_{}", random_hex(12)?);
-    let dna = Dna { species: query.species, breed: query.breed, age_months: query.age_months, interests: query.interests, region: query.region };
+    let dna = Dna {
+        species: query.species,
+        breed: query.breed,
+        age_months: query.age_months,
+        interests: query.interests,
+        region: query.region,
+    };
     let (charge, click_price) = match entry.kind {
         BidType::Cpm => (outcome.price_micros / 1000, 0),
         BidType::Cpc => (0, outcome.price_micros),
@@ -213,8 +238,10 @@ pub async fn ad(req: &Request, env: &Env, ctx: &Context) -> Result<Response, Api
         click_price_micros: click_price,
         dna: dna.clone(),
     };
-    let key = route::config(env, "CLICK_SIGNING_KEY").ok_or_else(|| ApiError::unavailable("not_configured", "CLICK_SIGNING_KEY is not set"))?;
-    let token = token::sign(key.as_bytes(), &click).ok_or_else(|| ApiError::internal("could not sign the click token"))?;
+    let key = route::config(env, "CLICK_SIGNING_KEY")
+        .ok_or_else(|| ApiError::unavailable("not_configured", "CLICK_SIGNING_KEY is not set"))?;
+    let token =
+        token::sign(key.as_bytes(), &click).ok_or_else(|| ApiError::internal("could not sign the click token"))?;
     let price = money_of_micros(outcome.price_micros).ok_or_else(|| ApiError::internal("price off the cent grid"))?;
 
     state::with(|s| {
@@ -239,37 +266,55 @@ pub async fn ad(req: &Request, env: &Env, ctx: &Context) -> Result<Response, Api
     );
     schedule_sync(env, ctx, &cfg);
     let origin = url.origin().ascii_serialization();
-    Ok(json_response(200, &json!({ "ad": {
-        "id": impression_id,
-        "campaign_id": entry.id,
-        "title": entry.title,
-        "image_url": entry.image_url,
-        "click_url": format!("{origin}/v1/ads/click/{token}"),
-        "price": price,
-    }})))
+    Ok(json_response(
+        200,
+        &json!({ "ad": {
+            "id": impression_id,
+            "campaign_id": entry.id,
+            "title": entry.title,
+            "image_url": entry.image_url,
+            "click_url": format!("{origin}/v1/ads/click/{token}"),
+            "price": price,
+        }}),
+    ))
 }
 
 pub async fn click(env: &Env, ctx: &Context, token: &str) -> Result<Response, ApiError> {
     let cfg = config(env);
-    let key = route::config(env, "CLICK_SIGNING_KEY").ok_or_else(|| ApiError::unavailable("not_configured", "CLICK_SIGNING_KEY is not set"))?;
+    let key = route::config(env, "CLICK_SIGNING_KEY")
+        .ok_or_else(|| ApiError::unavailable("not_configured", "CLICK_SIGNING_KEY is not set"))?;
     let now_s = now_ms() / 1000;
-    let click = token::verify(key.as_bytes(), token, now_s, cfg.click_ttl_s).map_err(|e| ApiError::new(400, e.code(), e.to_string()))?;
+    let click = token::verify(key.as_bytes(), token, now_s, cfg.click_ttl_s)
+        .map_err(|e| ApiError::new(400, e.code(), e.to_string()))?;
     // The landing URL comes from the stored campaign, never from the token
     // or the request. A paused campaign's ads still land.
     let kv = env.kv("CAMPAIGNS").map_err(|e| ApiError::internal(format!("KV binding: {e}")))?;
-    let stored = kv.get(&objects::campaign_key(&click.campaign_id)).text().await.map_err(|e| ApiError::unavailable("kv_unavailable", e.to_string()))?;
+    let stored = kv
+        .get(&objects::campaign_key(&click.campaign_id))
+        .text()
+        .await
+        .map_err(|e| ApiError::unavailable("kv_unavailable", e.to_string()))?;
     let campaign: Campaign = stored
         .and_then(|t| serde_json::from_str(&t).ok())
         .ok_or_else(|| ApiError::new(400, "unknown_campaign", "the click token names no known campaign"))?;
     if campaign.creative_id != click.creative_id {
-        return Err(ApiError::new(400, "unknown_creative", "the click token names a creative the campaign no longer has"));
+        return Err(ApiError::new(
+            400,
+            "unknown_creative",
+            "the click token names a creative the campaign no longer has",
+        ));
     }
     let budget = campaign::to_micros(campaign.input.daily_budget.value()).unwrap_or(0);
     let (env2, dedup) = (env.clone(), cfg.click_dedup_s);
     let sync_ms = cfg.sync_ms;
     ctx.wait_until(async move {
         if let Err(e) = record_click(&env2, &click, budget, dedup, now_s).await {
-            log::event(Level::Warn, SERVICE, "click not recorded", json!({ "error": e.message, "impression": click.impression_id }));
+            log::event(
+                Level::Warn,
+                SERVICE,
+                "click not recorded",
+                json!({ "error": e.message, "impression": click.impression_id }),
+            );
         }
         sync_loop(&env2, sync_ms).await;
     });
@@ -288,9 +333,14 @@ struct First {
 /// object decides, so a double click reaching two isolates counts once),
 /// bills it to a CPC campaign while its budget allows, and writes its point.
 async fn record_click(env: &Env, click: &Click, budget: i64, window: u64, now_s: u64) -> Result<(), ApiError> {
-    let reply: First = objects::call(env, "USERS", &format!("user:{}", click.user), &json!({
-        "op": "click", "impression_id": click.impression_id, "now": now_s, "window": window,
-    }))
+    let reply: First = objects::call(
+        env,
+        "USERS",
+        &format!("user:{}", click.user),
+        &json!({
+            "op": "click", "impression_id": click.impression_id, "now": now_s, "window": window,
+        }),
+    )
     .await?;
     if !reply.first {
         return Ok(());
@@ -326,7 +376,9 @@ struct History {
 
 async fn load_history(env: &Env, user: &str) {
     let now_s = now_ms() / 1000;
-    match objects::call::<History>(env, "USERS", &format!("user:{user}"), &json!({ "op": "history", "now": now_s })).await {
+    match objects::call::<History>(env, "USERS", &format!("user:{user}"), &json!({ "op": "history", "now": now_s }))
+        .await
+    {
         Ok(h) => state::with(|s| s.freq.user(user).merge(h.seen, now_s)),
         Err(e) => {
             state::with(|s| s.freq.user(user).loading = false);
@@ -340,7 +392,8 @@ async fn load_history(env: &Env, user: &str) {
 fn schedule_sync(env: &Env, ctx: &Context, cfg: &Config) {
     let now = now_ms();
     let start = state::with(|s| {
-        let due = s.ledger.has_pending() || !s.pending_points.is_empty() || now.saturating_sub(s.last_sync_ms) >= cfg.sync_ms;
+        let due =
+            s.ledger.has_pending() || !s.pending_points.is_empty() || now.saturating_sub(s.last_sync_ms) >= cfg.sync_ms;
         due && !s.sync_running
     });
     if start {
@@ -362,7 +415,8 @@ async fn sync_loop(env: &Env, sync_ms: u64) {
             worker::Delay::from(std::time::Duration::from_millis(wait)).await;
         }
         sync_once(env).await;
-        let more = state::with(|s| s.ledger.has_pending() || !s.pending_points.is_empty() || !s.pending_seen.is_empty());
+        let more =
+            state::with(|s| s.ledger.has_pending() || !s.pending_points.is_empty() || !s.pending_seen.is_empty());
         if !more {
             break;
         }
@@ -373,19 +427,42 @@ async fn sync_loop(env: &Env, sync_ms: u64) {
 async fn sync_once(env: &Env) {
     let (day, since, batch, seen, points) = state::with(|s| {
         s.last_sync_ms = now_ms();
-        (s.ledger.day, s.budget_revision, s.ledger.begin_sync(), std::mem::take(&mut s.pending_seen), std::mem::take(&mut s.pending_points))
+        (
+            s.ledger.day,
+            s.budget_revision,
+            s.ledger.begin_sync(),
+            std::mem::take(&mut s.pending_seen),
+            std::mem::take(&mut s.pending_points),
+        )
     });
     let message = json!({ "op": "sync", "day": day, "since": since, "batch": batch });
     let budget = objects::call::<SyncReply>(env, "BUDGET", "budget", &message);
     let users = futures_util::future::join_all(seen.into_iter().map(|(user, seen)| async move {
-        let r = objects::call::<serde_json::Value>(env, "USERS", &format!("user:{user}"), &json!({ "op": "record", "seen": seen })).await;
+        let r = objects::call::<serde_json::Value>(
+            env,
+            "USERS",
+            &format!("user:{user}"),
+            &json!({ "op": "record", "seen": seen }),
+        )
+        .await;
         if let Err(e) = r {
-            log::event(Level::Warn, SERVICE, "impressions not recorded for frequency caps", json!({ "error": e.message }));
+            log::event(
+                Level::Warn,
+                SERVICE,
+                "impressions not recorded for frequency caps",
+                json!({ "error": e.message }),
+            );
         }
     }));
     let recorder = async {
         if !points.is_empty() {
-            let r = objects::call::<serde_json::Value>(env, "RECORDER", "recorder", &json!({ "op": "write", "points": points })).await;
+            let r = objects::call::<serde_json::Value>(
+                env,
+                "RECORDER",
+                "recorder",
+                &json!({ "op": "write", "points": points }),
+            )
+            .await;
             if let Err(e) = r {
                 log::event(Level::Warn, SERVICE, "recorder write failed", json!({ "error": e.message }));
             }

@@ -68,7 +68,14 @@ fn campaigns(rng: &mut Rng, n: usize) -> Vec<Entry> {
 }
 
 /// The rules, written out without the index.
-fn brute(all: &[Entry], stats: &HashMap<String, Stats>, q: &Query, reserve: i64, seed: u64, blocked: &HashSet<String>) -> Option<(String, i64)> {
+fn brute(
+    all: &[Entry],
+    stats: &HashMap<String, Stats>,
+    q: &Query,
+    reserve: i64,
+    seed: u64,
+    blocked: &HashSet<String>,
+) -> Option<(String, i64)> {
     let pctr = |id: &str| {
         let s = stats.get(id).copied().unwrap_or_default();
         let den = s.impressions as i128 + 100;
@@ -83,7 +90,8 @@ fn brute(all: &[Entry], stats: &HashMap<String, Stats>, q: &Query, reserve: i64,
             }
         }
     };
-    let listed = |list: &Vec<String>, v: &Option<String>| list.is_empty() || v.as_ref().is_some_and(|v| list.contains(v));
+    let listed =
+        |list: &Vec<String>, v: &Option<String>| list.is_empty() || v.as_ref().is_some_and(|v| list.contains(v));
     let eligible: Vec<(&Entry, i128)> = all
         .iter()
         .filter(|e| {
@@ -104,7 +112,8 @@ fn brute(all: &[Entry], stats: &HashMap<String, Stats>, q: &Query, reserve: i64,
     let top = eligible.iter().map(|(_, v)| *v).max()?;
     let tied: Vec<&Entry> = eligible.iter().filter(|(_, v)| *v == top).map(|(e, _)| *e).collect();
     let winner = *tied.iter().min_by_key(|e| tie_key(seed, &e.id))?;
-    let second = if tied.len() > 1 { top } else { eligible.iter().map(|(_, v)| *v).filter(|v| *v < top).max().unwrap_or(0) };
+    let second =
+        if tied.len() > 1 { top } else { eligible.iter().map(|(_, v)| *v).filter(|v| *v < top).max().unwrap_or(0) };
     let clearing = second.max(reserve as i128);
     let raw = match winner.kind {
         BidType::Cpm => clearing,

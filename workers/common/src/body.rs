@@ -17,7 +17,8 @@ pub async fn bytes(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError>
             return Err(ApiError::payload_too_large(limit));
         }
     }
-    let bytes = req.bytes().await.map_err(|e| ApiError::invalid("unreadable_body", format!("could not read the body: {e}")))?;
+    let bytes =
+        req.bytes().await.map_err(|e| ApiError::invalid("unreadable_body", format!("could not read the body: {e}")))?;
     if bytes.len() > limit {
         return Err(ApiError::payload_too_large(limit));
     }

@@ -32,9 +32,11 @@ pub async fn connect(url: &str) -> Result<Client, DbError> {
     let tls = matches!(config.get_ssl_mode(), SslMode::Require);
     let builder = Socket::builder();
     let builder = if tls { builder.secure_transport(SecureTransport::StartTls) } else { builder };
-    let socket = builder
-        .connect(host.clone(), port)
-        .map_err(|e| DbError::Socket { host: host.clone(), port, reason: e.to_string() })?;
+    let socket = builder.connect(host.clone(), port).map_err(|e| DbError::Socket {
+        host: host.clone(),
+        port,
+        reason: e.to_string(),
+    })?;
     let client = if tls {
         let (client, connection) = config.connect_raw(socket, PassthroughTls).await?;
         wasm_bindgen_futures::spawn_local(async move {

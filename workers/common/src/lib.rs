@@ -11,10 +11,10 @@
 pub mod auth;
 pub mod body;
 pub mod db;
-pub mod health;
-pub mod route;
 mod error;
+pub mod health;
 pub mod log;
+pub mod route;
 
 pub use error::ApiError;
 
@@ -36,10 +36,7 @@ pub(crate) fn bytes_response(status: u16, bytes: Vec<u8>, content_type: &str) ->
     // Setting a well-formed header name/value cannot fail.
     let _ = headers.set("content-type", content_type);
     let _ = headers.set("cache-control", "no-store");
-    Response::builder()
-        .with_status(status)
-        .with_headers(headers)
-        .fixed(bytes)
+    Response::builder().with_status(status).with_headers(headers).fixed(bytes)
 }
 
 /// Turns the outcome of a handler into the response the client sees: errors

@@ -15,11 +15,14 @@ pub enum Level {
 /// `"fields"`).
 pub fn event(level: Level, service: &str, message: &str, fields: Value) {
     let mut line = Map::new();
-    line.insert("level".into(), Value::from(match level {
-        Level::Info => "info",
-        Level::Warn => "warn",
-        Level::Error => "error",
-    }));
+    line.insert(
+        "level".into(),
+        Value::from(match level {
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }),
+    );
     line.insert("service".into(), Value::from(service));
     line.insert("msg".into(), Value::from(message));
     match fields {

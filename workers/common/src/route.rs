@@ -17,7 +17,8 @@ pub fn segments(req: &Request) -> Result<Vec<String>, ApiError> {
     let mut out = Vec::new();
     for segment in path.split('/').filter(|s| !s.is_empty()) {
         let lower = segment.to_ascii_lowercase();
-        if segment == "." || segment == ".." || lower.contains("%2f") || lower.contains("%5c") || lower.contains("%2e") {
+        if segment == "." || segment == ".." || lower.contains("%2f") || lower.contains("%5c") || lower.contains("%2e")
+        {
             return Err(ApiError::not_found(format!("no such resource: {path}")));
         }
         out.push(segment.to_string());

@@ -66,11 +66,19 @@ impl Embedder {
                 Embedder::WorkersAi(ai) => workers_ai(ai, chunk).await?,
                 Embedder::Local { url } => local(url, chunk).await?,
             };
-            if part.vectors.len() != chunk.len() || part.vectors.iter().any(|v| v.len() != DIMENSIONS || v.iter().any(|x| !x.is_finite())) {
-                return Err(EmbedError::Malformed(format!("expected {} finite vectors of {DIMENSIONS} dimensions", chunk.len())));
+            if part.vectors.len() != chunk.len()
+                || part.vectors.iter().any(|v| v.len() != DIMENSIONS || v.iter().any(|x| !x.is_finite()))
+            {
+                return Err(EmbedError::Malformed(format!(
+                    "expected {} finite vectors of {DIMENSIONS} dimensions",
+                    chunk.len()
+                )));
             }
             if !all.model.is_empty() && all.model != part.model {
-                return Err(EmbedError::Malformed(format!("the model changed mid-request: {} then {}", all.model, part.model)));
+                return Err(EmbedError::Malformed(format!(
+                    "the model changed mid-request: {} then {}",
+                    all.model, part.model
+                )));
             }
             all.model = part.model;
             all.vectors.extend(part.vectors);
@@ -123,7 +131,8 @@ async fn local(url: &str, texts: &[String]) -> Result<Embeddings, EmbedError> {
     let body = json!({ "texts": texts }).to_string();
     let mut init = RequestInit::new();
     init.with_method(Method::Post).with_headers(headers).with_body(Some(body.into()));
-    let request = Request::new_with_init(&format!("{url}/v1/embed"), &init).map_err(|e| EmbedError::Unreachable(e.to_string()))?;
+    let request = Request::new_with_init(&format!("{url}/v1/embed"), &init)
+        .map_err(|e| EmbedError::Unreachable(e.to_string()))?;
     let mut response = Fetch::Request(request).send().await.map_err(|e| EmbedError::Unreachable(e.to_string()))?;
     let status = response.status_code();
     let text = response.text().await.map_err(|e| EmbedError::Unreachable(e.to_string()))?;

@@ -39,7 +39,10 @@ impl Config {
     }
 
     async fn db(&self) -> Result<tokio_postgres::Client, ApiError> {
-        let url = self.database_url.as_deref().ok_or_else(|| ApiError::unavailable("database_unavailable", "DATABASE_URL is not configured"))?;
+        let url = self
+            .database_url
+            .as_deref()
+            .ok_or_else(|| ApiError::unavailable("database_unavailable", "DATABASE_URL is not configured"))?;
         db::connect(url).await.map_err(|e| ApiError::unavailable("database_unavailable", e.to_string()))
     }
 }
@@ -50,14 +53,19 @@ async fn handle(mut req: Request, env: Env) -> Result<Response, ApiError> {
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = req.method();
     match (method.clone(), segments.as_slice()) {
-        (Method::Get, ["healthz"]) => {
-            Ok(health::report(SERVICE, vec![health::postgres(config.database_url.as_deref()).await, embedder_check(&config).await]))
-        }
+        (Method::Get, ["healthz"]) => Ok(health::report(
+            SERVICE,
+            vec![health::postgres(config.database_url.as_deref()).await, embedder_check(&config).await],
+        )),
         (Method::Get, ["v1", "search"]) => {
             let url = req.url().map_err(|_| ApiError::not_found("unparseable URL"))?;
             let query = search::Query::parse(url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())))?;
             let embedded = config.embedder()?.embed(std::slice::from_ref(&query.q)).await.map_err(embed_error)?;
-            let vector = embedded.vectors.first().map(|v| embed::vector_literal(v)).ok_or_else(|| embed_error(embed::EmbedError::Malformed("no vector".into())))?;
+            let vector = embedded
+                .vectors
+                .first()
+                .map(|v| embed::vector_literal(v))
+                .ok_or_else(|| embed_error(embed::EmbedError::Malformed("no vector".into())))?;
             let mut client = config.db().await?;
             Ok(json(200, &search::run(&mut client, &query, Some((&vector, &embedded.model))).await?))
         }
@@ -111,9 +119,15 @@ async fn handle(mut req: Request, env: Env) -> Result<Response, ApiError> {
                 None => Ok(json(200, &json!({ "purchase_id": id, "status": "none" }))),
             }
         }
-        (_, ["healthz"] | ["v1", "listings"] | ["v1", "listings", _] | ["v1", "search"] | ["internal", "reservations", ..] | ["internal", "search", ..]) => {
-            Err(ApiError::method_not_allowed(&method.to_string(), &req.path()))
-        }
+        (
+            _,
+            ["healthz"]
+            | ["v1", "listings"]
+            | ["v1", "listings", _]
+            | ["v1", "search"]
+            | ["internal", "reservations", ..]
+            | ["internal", "search", ..],
+        ) => Err(ApiError::method_not_allowed(&method.to_string(), &req.path())),
         _ => Err(ApiError::not_found(format!("no route for {} {}", method, req.path()))),
     }
 }
@@ -149,7 +163,12 @@ async fn embed_listing(config: &Config, title: &str, description: &str) -> Optio
     match result {
         Ok(mut e) => e.vectors.pop().map(|v| (embed::vector_literal(&v), e.model)),
         Err(error) => {
-            worker_common::log::event(worker_common::log::Level::Warn, SERVICE, "listing stored without an embedding", json!({ "error": error }));
+            worker_common::log::event(
+                worker_common::log::Level::Warn,
+                SERVICE,
+                "listing stored without an embedding",
+                json!({ "error": error }),
+            );
             None
         }
     }
@@ -227,7 +246,10 @@ async fn reindex(config: &Config, client: &tokio_postgres::Client) -> Result<ser
     let mut texts = Vec::with_capacity(rows.len());
     for row in &rows {
         ids.push(row.try_get::<_, String>("id").map_err(db_error)?);
-        texts.push(embed::listing_text(&row.try_get::<_, String>("title").map_err(db_error)?, &row.try_get::<_, String>("description").map_err(db_error)?));
+        texts.push(embed::listing_text(
+            &row.try_get::<_, String>("title").map_err(db_error)?,
+            &row.try_get::<_, String>("description").map_err(db_error)?,
+        ));
     }
     let embedded = embedder.embed(&texts).await.map_err(embed_error)?;
     for (id, (text, vector)) in ids.iter().zip(texts.iter().zip(&embedded.vectors)) {

@@ -24,18 +24,27 @@ impl MoneyInput {
     /// currency has (1.005 EUR is refused, not rounded: the seller must say
     /// what they mean).
     pub fn to_money(&self, field: &str) -> Result<Money, ApiError> {
-        let currency: Currency = serde_json::from_value(Value::String(self.currency.to_ascii_uppercase()))
-            .map_err(|_| ApiError::invalid("unknown_currency", format!("{field}.currency {:?} is not a supported currency", self.currency)))?;
+        let currency: Currency =
+            serde_json::from_value(Value::String(self.currency.to_ascii_uppercase())).map_err(|_| {
+                ApiError::invalid(
+                    "unknown_currency",
+                    format!("{field}.currency {:?} is not a supported currency", self.currency),
+                )
+            })?;
         let raw = self.value.trim();
         let plain = raw.split_once('.').map_or(raw, |(int, frac)| if frac.is_empty() { "" } else { int });
         let digits_only = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        let well_formed = digits_only(plain) && raw.split_once('.').is_none_or(|(_, frac)| digits_only(frac)) && raw.len() <= 24;
+        let well_formed =
+            digits_only(plain) && raw.split_once('.').is_none_or(|(_, frac)| digits_only(frac)) && raw.len() <= 24;
         if !well_formed {
-            return Err(ApiError::invalid("invalid_amount", format!("{field}.value {:?} must be a plain decimal such as \"120.00\"", self.value)));
+            return Err(ApiError::invalid(
+                "invalid_amount",
+                format!("{field}.value {:?} must be a plain decimal such as \"120.00\"", self.value),
+            ));
         }
-        let value: Decimal = raw
-            .parse()
-            .map_err(|_| ApiError::invalid("invalid_amount", format!("{field}.value {:?} is not a decimal number", self.value)))?;
+        let value: Decimal = raw.parse().map_err(|_| {
+            ApiError::invalid("invalid_amount", format!("{field}.value {:?} is not a decimal number", self.value))
+        })?;
         if value <= Decimal::ZERO {
             return Err(ApiError::invalid("invalid_amount", format!("{field}.value must be positive")));
         }
@@ -104,7 +113,10 @@ fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
 fn identifier(field: &str, value: &str) -> Result<String, ApiError> {
     let value = text(field, value, 64)?;
     if !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return Err(ApiError::invalid("invalid_field", format!("{field} may only contain letters, digits, '_' and '-'")));
+        return Err(ApiError::invalid(
+            "invalid_field",
+            format!("{field} may only contain letters, digits, '_' and '-'"),
+        ));
     }
     Ok(value)
 }
@@ -183,7 +195,11 @@ impl ListingChangeInput {
             Some(s @ ("active" | "removed")) => Some(s.to_string()),
             Some(_) => return Err(ApiError::invalid("invalid_field", "status must be active or removed")),
         };
-        Ok(ListingChange { title: self.title.as_deref().map(|t| text("title", t, 200)).transpose()?, description, status })
+        Ok(ListingChange {
+            title: self.title.as_deref().map(|t| text("title", t, 200)).transpose()?,
+            description,
+            status,
+        })
     }
 }
 

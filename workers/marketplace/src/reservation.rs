@@ -47,7 +47,10 @@ pub async fn reserve(client: &mut Client, input: &ReserveInput) -> Result<(Reser
     if inserted == 0 {
         // Either a repeat (the row exists) or an unknown listing.
         let existing = tx
-            .query_opt("SELECT listing_id, quantity, status FROM reservations WHERE purchase_id = $1", &[&input.purchase_id])
+            .query_opt(
+                "SELECT listing_id, quantity, status FROM reservations WHERE purchase_id = $1",
+                &[&input.purchase_id],
+            )
             .await
             .map_err(db)?;
         let Some(row) = existing else {
@@ -77,12 +80,20 @@ pub async fn reserve(client: &mut Client, input: &ReserveInput) -> Result<(Reser
         .map_err(db)?;
     if updated == 0 {
         tx.rollback().await.map_err(db)?;
-        return Err(ApiError::invalid_state(format!("listing {} has fewer than {quantity} unit(s) available", input.listing_id))
-            .with_code("out_of_stock"));
+        return Err(ApiError::invalid_state(format!(
+            "listing {} has fewer than {quantity} unit(s) available",
+            input.listing_id
+        ))
+        .with_code("out_of_stock"));
     }
     tx.commit().await.map_err(db)?;
     Ok((
-        Reservation { purchase_id: input.purchase_id.clone(), listing_id: input.listing_id.clone(), quantity, status: "reserved".into() },
+        Reservation {
+            purchase_id: input.purchase_id.clone(),
+            listing_id: input.listing_id.clone(),
+            quantity,
+            status: "reserved".into(),
+        },
         true,
     ))
 }
@@ -94,7 +105,10 @@ pub async fn reserve(client: &mut Client, input: &ReserveInput) -> Result<(Reser
 pub async fn settle(client: &mut Client, purchase_id: &str, to: &str) -> Result<Option<Reservation>, ApiError> {
     let tx = client.transaction().await.map_err(db)?;
     let row = tx
-        .query_opt("SELECT listing_id, quantity, status FROM reservations WHERE purchase_id = $1 FOR UPDATE", &[&purchase_id])
+        .query_opt(
+            "SELECT listing_id, quantity, status FROM reservations WHERE purchase_id = $1 FOR UPDATE",
+            &[&purchase_id],
+        )
         .await
         .map_err(db)?;
     let Some(row) = row else {
@@ -107,7 +121,12 @@ pub async fn settle(client: &mut Client, purchase_id: &str, to: &str) -> Result<
     let listing_id: String = row.get(0);
     let quantity: i32 = row.get(1);
     let status: String = row.get(2);
-    let reservation = |status: &str| Reservation { purchase_id: purchase_id.to_string(), listing_id: listing_id.clone(), quantity, status: status.to_string() };
+    let reservation = |status: &str| Reservation {
+        purchase_id: purchase_id.to_string(),
+        listing_id: listing_id.clone(),
+        quantity,
+        status: status.to_string(),
+    };
     if status == to {
         return Ok(Some(reservation(&status)));
     }

@@ -60,7 +60,8 @@ impl Query {
     pub fn parse<'a>(pairs: impl Iterator<Item = (String, String)> + 'a) -> Result<Query, ApiError> {
         let mut seen = std::collections::HashMap::new();
         for (key, value) in pairs {
-            const KNOWN: &[&str] = &["q", "species", "breed", "region", "min_price", "max_price", "currency", "limit", "cursor"];
+            const KNOWN: &[&str] =
+                &["q", "species", "breed", "region", "min_price", "max_price", "currency", "limit", "cursor"];
             if !KNOWN.contains(&key.as_str()) {
                 return Err(invalid(format!("unknown parameter {key:?}; known: {}", KNOWN.join(", "))));
             }
@@ -90,18 +91,20 @@ impl Query {
             }
         };
         let breed = seen.remove("breed").map(|b| filter_text("breed", &b, 100)).transpose()?;
-        let region = seen.remove("region").map(|r| filter_text("region", &r, 64).map(|r| r.to_ascii_lowercase())).transpose()?;
+        let region =
+            seen.remove("region").map(|r| filter_text("region", &r, 64).map(|r| r.to_ascii_lowercase())).transpose()?;
         let currency = match seen.remove("currency") {
             None => None,
-            Some(c) => Some(
-                serde_json::from_value::<Currency>(Value::String(c.trim().to_ascii_uppercase()))
-                    .map_err(|_| ApiError::invalid("unknown_currency", format!("currency {c:?} is not a supported currency")))?,
-            ),
+            Some(c) => Some(serde_json::from_value::<Currency>(Value::String(c.trim().to_ascii_uppercase())).map_err(
+                |_| ApiError::invalid("unknown_currency", format!("currency {c:?} is not a supported currency")),
+            )?),
         };
         let price = |name: &str, raw: Option<String>| -> Result<Option<i64>, ApiError> {
             let Some(raw) = raw else { return Ok(None) };
             let Some(currency) = currency else {
-                return Err(invalid(format!("{name} needs currency: prices in different currencies are not comparable")));
+                return Err(invalid(format!(
+                    "{name} needs currency: prices in different currencies are not comparable"
+                )));
             };
             let code = currency.stripe_code().to_ascii_uppercase();
             // Zero is a valid lower bound, though not a valid price.
@@ -127,7 +130,8 @@ impl Query {
         };
         let offset = match seen.remove("cursor") {
             None => 0,
-            Some(c) => decode_cursor(&c).ok_or_else(|| ApiError::invalid("invalid_cursor", "cursor is not one this API returned"))?,
+            Some(c) => decode_cursor(&c)
+                .ok_or_else(|| ApiError::invalid("invalid_cursor", "cursor is not one this API returned"))?,
         };
         Ok(Query { q: q.to_string(), species, breed, region, currency, min_minor, max_minor, limit, offset })
     }
@@ -305,7 +309,10 @@ mod tests {
         assert_eq!(code(&[("q", "cat"), ("max_price", "10"), ("currency", "BTC")]), Some("unknown_currency"));
         assert_eq!(code(&[("q", "cat"), ("max_price", "-1"), ("currency", "EUR")]), Some("invalid_field"));
         assert_eq!(code(&[("q", "cat"), ("max_price", "1e3"), ("currency", "EUR")]), Some("invalid_field"));
-        assert_eq!(code(&[("q", "cat"), ("min_price", "20"), ("max_price", "10"), ("currency", "EUR")]), Some("invalid_field"));
+        assert_eq!(
+            code(&[("q", "cat"), ("min_price", "20"), ("max_price", "10"), ("currency", "EUR")]),
+            Some("invalid_field")
+        );
         assert_eq!(code(&[("q", "cat"), ("cursor", "nope")]), Some("invalid_cursor"));
         assert_eq!(code(&[("q", "cat"), ("cursor", "c0")]), Some("invalid_cursor"));
         assert_eq!(code(&[("q", "cat"), ("sort", "price")]), Some("invalid_field"));
@@ -314,8 +321,15 @@ mod tests {
 
     #[test]
     fn filters_are_normalised() {
-        let q = parse(&[("q", "cat"), ("species", "Cat"), ("region", "Berlin"), ("min_price", "0"), ("max_price", "12.5"), ("currency", "eur")])
-            .expect("valid");
+        let q = parse(&[
+            ("q", "cat"),
+            ("species", "Cat"),
+            ("region", "Berlin"),
+            ("min_price", "0"),
+            ("max_price", "12.5"),
+            ("currency", "eur"),
+        ])
+        .expect("valid");
         assert_eq!((q.species.as_deref(), q.region.as_deref()), (Some("cat"), Some("berlin")));
         assert_eq!((q.min_minor, q.max_minor, q.currency), (Some(0), Some(1250), Some(Currency::EUR)));
         let jpy = parse(&[("q", "cat"), ("max_price", "1500"), ("currency", "JPY")]).expect("valid");
@@ -334,10 +348,22 @@ mod tests {
 
     #[test]
     fn filters_number_their_parameters_in_order() {
-        let q = parse(&[("q", "cat"), ("species", "cat"), ("breed", "Maine Coon"), ("max_price", "100"), ("currency", "EUR")]).expect("valid");
+        let q = parse(&[
+            ("q", "cat"),
+            ("species", "cat"),
+            ("breed", "Maine Coon"),
+            ("max_price", "100"),
+            ("currency", "EUR"),
+        ])
+        .expect("valid");
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&q.q];
         let sql = filters(&q, &mut params);
         assert_eq!(params.len(), 4);
-        assert!(sql.contains("species = $2") && sql.contains("lower(breed) = lower($3)") && sql.contains("price_minor <= $4"), "{sql}");
+        assert!(
+            sql.contains("species = $2")
+                && sql.contains("lower(breed) = lower($3)")
+                && sql.contains("price_minor <= $4"),
+            "{sql}"
+        );
     }
 }

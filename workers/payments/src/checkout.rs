@@ -71,8 +71,9 @@ pub fn valid_idempotency_key(key: &str) -> bool {
 
 /// `prefix` followed by 1-64 lowercase ASCII letters or digits.
 pub fn is_prefixed_id(raw: &str, prefix: &str) -> bool {
-    raw.strip_prefix(prefix)
-        .is_some_and(|rest| !rest.is_empty() && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+    raw.strip_prefix(prefix).is_some_and(|rest| {
+        !rest.is_empty() && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    })
 }
 
 fn is_token(raw: &str, max: usize) -> bool {
@@ -84,12 +85,18 @@ mod tests {
     use super::*;
 
     fn request() -> CheckoutRequest {
-        CheckoutRequest { listing_id: "lst_abc123".into(), buyer_id: "buyer_1".into(), quantity: 1, payment_method: "pm_card_visa".into() }
+        CheckoutRequest {
+            listing_id: "lst_abc123".into(),
+            buyer_id: "buyer_1".into(),
+            quantity: 1,
+            payment_method: "pm_card_visa".into(),
+        }
     }
 
     #[test]
     fn quantity_defaults_to_one_and_price_is_refused() {
-        let parsed: CheckoutRequest = serde_json::from_str(r#"{"listing_id":"lst_a","buyer_id":"b","payment_method":"pm_card_visa"}"#).unwrap();
+        let parsed: CheckoutRequest =
+            serde_json::from_str(r#"{"listing_id":"lst_a","buyer_id":"b","payment_method":"pm_card_visa"}"#).unwrap();
         assert_eq!(parsed.quantity, 1);
         let with_price = serde_json::from_str::<CheckoutRequest>(
             r#"{"listing_id":"lst_a","buyer_id":"b","payment_method":"pm","price":{"value":"1.00","currency":"EUR"}}"#,

@@ -38,7 +38,10 @@ pub fn purchase_config(var: impl Fn(&str) -> Option<String>) -> Result<PurchaseC
                 .ok()
                 .filter(|s| *s > 0 && *s <= 400 * 86_400)
                 .map(Millis::seconds)
-                .ok_or_else(|| ConfigError { var: name, problem: format!("{text:?} is not a whole number of seconds in 1..=34560000") }),
+                .ok_or_else(|| ConfigError {
+                    var: name,
+                    problem: format!("{text:?} is not a whole number of seconds in 1..=34560000"),
+                }),
         }
     };
     c.inspection_window = seconds(INSPECTION_WINDOW, c.inspection_window)?;
@@ -46,12 +49,10 @@ pub fn purchase_config(var: impl Fn(&str) -> Option<String>) -> Result<PurchaseC
     c.hold_safety_margin = seconds(HOLD_SAFETY_MARGIN, c.hold_safety_margin)?;
     c.call_timeout = seconds(CALL_TIMEOUT, c.call_timeout)?;
     if let Some(text) = var(FEE_BPS) {
-        c.fee_bps = text
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|bps| *bps <= 10_000)
-            .ok_or_else(|| ConfigError { var: FEE_BPS, problem: format!("{text:?} is not basis points in 0..=10000") })?;
+        c.fee_bps = text.trim().parse::<u32>().ok().filter(|bps| *bps <= 10_000).ok_or_else(|| ConfigError {
+            var: FEE_BPS,
+            problem: format!("{text:?} is not basis points in 0..=10000"),
+        })?;
     }
     for (name, policy) in [
         (MARKETPLACE_RETRY, &mut c.marketplace_retry),
@@ -72,14 +73,45 @@ fn retry_policy(text: &str, mut policy: RetryPolicy) -> Result<RetryPolicy, Stri
     for pair in text.split_whitespace() {
         let (key, value) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
         let int = || value.parse::<u64>().map_err(|_| format!("{key}: {value:?} is not a whole number"));
-        let float = || value.parse::<f64>().ok().filter(|f| f.is_finite()).ok_or_else(|| format!("{key}: {value:?} is not a number"));
+        let float = || {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .ok_or_else(|| format!("{key}: {value:?} is not a number"))
+        };
         match key {
-            "max_attempts" => policy.max_attempts = u32::try_from(int()?).ok().filter(|n| (1..=1000).contains(n)).ok_or("max_attempts must be 1..=1000")?,
+            "max_attempts" => {
+                policy.max_attempts = u32::try_from(int()?)
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or("max_attempts must be 1..=1000")?
+            }
             "initial_delay_ms" => policy.initial_delay = Millis(int()?),
             "max_delay_ms" => policy.max_delay = Millis(int()?),
-            "multiplier" => policy.multiplier = float().and_then(|m| if (1.0..=10.0).contains(&m) { Ok(m) } else { Err("multiplier must be 1..=10".into()) })?,
-            "jitter" => policy.jitter = float().and_then(|j| if (0.0..=1.0).contains(&j) { Ok(j) } else { Err("jitter must be 0..=1".into()) })?,
-            other => return Err(format!("unknown key {other:?} (max_attempts, initial_delay_ms, multiplier, max_delay_ms, jitter)")),
+            "multiplier" => {
+                policy.multiplier = float().and_then(|m| {
+                    if (1.0..=10.0).contains(&m) {
+                        Ok(m)
+                    } else {
+                        Err("multiplier must be 1..=10".into())
+                    }
+                })?
+            }
+            "jitter" => {
+                policy.jitter = float().and_then(|j| {
+                    if (0.0..=1.0).contains(&j) {
+                        Ok(j)
+                    } else {
+                        Err("jitter must be 0..=1".into())
+                    }
+                })?
+            }
+            other => {
+                return Err(format!(
+                    "unknown key {other:?} (max_attempts, initial_delay_ms, multiplier, max_delay_ms, jitter)"
+                ))
+            }
         }
     }
     if policy.max_delay < policy.initial_delay {

@@ -27,15 +27,18 @@ impl Performer<'_> {
                 let body = json!({ "purchase_id": purchase_id, "listing_id": listing_id, "quantity": units });
                 self.marketplace(Method::Post, "/internal/reservations", Some(body)).await.map(|_| None)
             }
-            Call::ReleaseListing { purchase_id, .. } => {
-                self.marketplace(Method::Post, &format!("/internal/reservations/{purchase_id}/release"), None).await.map(|_| None)
-            }
-            Call::MarkListingSold { purchase_id, .. } => {
-                self.marketplace(Method::Post, &format!("/internal/reservations/{purchase_id}/sold"), None).await.map(|_| None)
-            }
+            Call::ReleaseListing { purchase_id, .. } => self
+                .marketplace(Method::Post, &format!("/internal/reservations/{purchase_id}/release"), None)
+                .await
+                .map(|_| None),
+            Call::MarkListingSold { purchase_id, .. } => self
+                .marketplace(Method::Post, &format!("/internal/reservations/{purchase_id}/sold"), None)
+                .await
+                .map(|_| None),
             call => {
                 let client = StripeClient {
-                    api_base: crate::config_var(self.env, "STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com".into()),
+                    api_base: crate::config_var(self.env, "STRIPE_API_BASE")
+                        .unwrap_or_else(|| "https://api.stripe.com".into()),
                     secret_key: crate::config_var(self.env, "STRIPE_SECRET_KEY").unwrap_or_default(),
                 };
                 client.perform(call, &effect.idempotency_key, self.purchase_id, self.payment_method).await.map(Some)
@@ -85,7 +88,12 @@ fn describe(service: &str, status: u16, body: &Value) -> String {
 
 /// One request to the marketplace Worker through the `MARKETPLACE` service
 /// binding, authenticated as an operator. Network trouble is retryable.
-pub async fn marketplace_call(env: &Env, method: Method, path: &str, body: Option<Value>) -> Result<(u16, Value), CallError> {
+pub async fn marketplace_call(
+    env: &Env,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value), CallError> {
     let service = env.service("MARKETPLACE").map_err(|e| CallError::Retryable(format!("MARKETPLACE binding: {e}")))?;
     let headers = Headers::new();
     let token = crate::config_var(env, "OPS_TOKEN").unwrap_or_default();

@@ -57,21 +57,31 @@ async fn handle(mut req: Request, env: Env) -> Result<Response, ApiError> {
         (Method::Get, ["healthz"]) => {
             let mut checks = vec![health::postgres(config_var(&env, "DATABASE_URL").as_deref()).await];
             if let Err(e) = saga_config(&env) {
-                checks.push(health::Check { name: "config", ok: false, latency_ms: 0, detail: json!({ "error": e.to_string() }) });
+                checks.push(health::Check {
+                    name: "config",
+                    ok: false,
+                    latency_ms: 0,
+                    detail: json!({ "error": e.to_string() }),
+                });
             }
             Ok(health::report(SERVICE, checks))
         }
         (Method::Post, ["v1", "purchases"]) => {
             tokens.require(&req, &[Role::Checkout])?;
-            let key = header(&req, "idempotency-key")
-                .ok_or_else(|| ApiError::invalid("idempotency_key_required", "an Idempotency-Key header is required"))?;
+            let key = header(&req, "idempotency-key").ok_or_else(|| {
+                ApiError::invalid("idempotency_key_required", "an Idempotency-Key header is required")
+            })?;
             if !checkout::valid_idempotency_key(&key) {
-                return Err(ApiError::invalid("invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters"));
+                return Err(ApiError::invalid(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1-255 printable ASCII characters",
+                ));
             }
             let request: CheckoutRequest = body::json(&mut req).await?;
             request.validate().map_err(|e| ApiError::invalid("invalid_field", e.to_string()))?;
             let purchase_id = checkout::purchase_id_for_key(&key);
-            to_object(&env, &purchase_id, json!({ "op": "create", "purchase_id": purchase_id, "request": request })).await
+            to_object(&env, &purchase_id, json!({ "op": "create", "purchase_id": purchase_id, "request": request }))
+                .await
         }
         (Method::Get, ["v1", "purchases", id]) => {
             tokens.require(&req, &[Role::Checkout, Role::Ops])?;
@@ -83,7 +93,12 @@ async fn handle(mut req: Request, env: Env) -> Result<Response, ApiError> {
             let id = purchase_id(id)?;
             let request_id = match header(&req, "idempotency-key") {
                 Some(key) if checkout::valid_idempotency_key(&key) => key,
-                Some(_) => return Err(ApiError::invalid("invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters")),
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1-255 printable ASCII characters",
+                    ))
+                }
                 None => uuid::Uuid::new_v4().simple().to_string(),
             };
             let command = action.replace('-', "_");
@@ -182,24 +197,28 @@ async fn ops_list(req: &Request, env: &Env) -> Result<Response, ApiError> {
     for (key, value) in url.query_pairs() {
         match key.as_ref() {
             "state" => {
-                let parsed = object::parse_state(&value)
-                    .ok_or_else(|| ApiError::invalid("invalid_field", format!("state: {value:?} is not a purchase state")))?;
+                let parsed = object::parse_state(&value).ok_or_else(|| {
+                    ApiError::invalid("invalid_field", format!("state: {value:?} is not a purchase state"))
+                })?;
                 state = Some(parsed.as_str());
             }
             "limit" => {
-                limit = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (1..=200).contains(n))
-                    .ok_or_else(|| ApiError::invalid("invalid_field", "limit must be a whole number from 1 to 200"))?;
+                limit =
+                    value.parse::<i64>().ok().filter(|n| (1..=200).contains(n)).ok_or_else(|| {
+                        ApiError::invalid("invalid_field", "limit must be a whole number from 1 to 200")
+                    })?;
             }
             "cursor" => {
-                cursor = Some(mirror::Cursor::decode(&value).ok_or_else(|| ApiError::invalid("invalid_field", "cursor is not one this API gave out"))?);
+                cursor = Some(
+                    mirror::Cursor::decode(&value)
+                        .ok_or_else(|| ApiError::invalid("invalid_field", "cursor is not one this API gave out"))?,
+                );
             }
             other => return Err(ApiError::invalid("invalid_field", format!("unknown query parameter {other:?}"))),
         }
     }
-    let database = config_var(env, "DATABASE_URL").ok_or_else(|| ApiError::unavailable("database_unavailable", "DATABASE_URL is not configured"))?;
+    let database = config_var(env, "DATABASE_URL")
+        .ok_or_else(|| ApiError::unavailable("database_unavailable", "DATABASE_URL is not configured"))?;
     let page = mirror::list(&database, state, limit, cursor).await?;
     Ok(json_response(200, &page))
 }

@@ -39,11 +39,23 @@ const SAFETY_NET: Millis = Millis::seconds(5);
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
-    Create { purchase_id: String, request: CheckoutRequest },
+    Create {
+        purchase_id: String,
+        request: CheckoutRequest,
+    },
     View,
-    Buyer { command: String, request_id: String },
-    Operator { command: String, #[serde(default)] outcome: Option<DisputeOutcome> },
-    Stripe { event: webhooks::stripe::StripeEvent },
+    Buyer {
+        command: String,
+        request_id: String,
+    },
+    Operator {
+        command: String,
+        #[serde(default)]
+        outcome: Option<DisputeOutcome>,
+    },
+    Stripe {
+        event: webhooks::stripe::StripeEvent,
+    },
 }
 
 #[durable_object]
@@ -78,7 +90,12 @@ impl DurableObject for PurchaseObject {
             alarm: Cell::new(None),
         };
         if let Err(e) = object.create_tables() {
-            log::event(Level::Error, SERVICE, "could not create the purchase tables", json!({ "error": e.to_string() }));
+            log::event(
+                Level::Error,
+                SERVICE,
+                "could not create the purchase tables",
+                json!({ "error": e.to_string() }),
+            );
         }
         object
     }
@@ -193,7 +210,9 @@ impl PurchaseObject {
                     ("retry", _) => PurchaseOperatorCommand::RetryNow,
                     ("refund", _) => PurchaseOperatorCommand::Refund,
                     ("resolve", Some(outcome)) => PurchaseOperatorCommand::ResolveDispute { outcome },
-                    ("resolve", None) => return Err(ApiError::invalid("invalid_field", "outcome must be \"release\" or \"refund\"")),
+                    ("resolve", None) => {
+                        return Err(ApiError::invalid("invalid_field", "outcome must be \"release\" or \"refund\""))
+                    }
                     (other, _) => return Err(ApiError::not_found(format!("no operator command {other}"))),
                 };
                 (200, Some(self.apply_existing(saga, PurchaseInput::Operator(cmd))?))
@@ -252,17 +271,28 @@ impl PurchaseObject {
         Ok(Some(tr.effects))
     }
 
-    async fn create(&self, saga: &PurchaseSaga, purchase_id: String, request: CheckoutRequest) -> Result<Created, ApiError> {
+    async fn create(
+        &self,
+        saga: &PurchaseSaga,
+        purchase_id: String,
+        request: CheckoutRequest,
+    ) -> Result<Created, ApiError> {
         if let Some(existing) = self.same_request(&request)? {
             return Ok(existing);
         }
         let listing = match effects::listing(&self.env, &request.listing_id).await {
             Ok(ListingLookup::Found(listing)) => listing,
             Ok(ListingLookup::Missing) => {
-                return Err(ApiError::invalid("unknown_listing", format!("listing {} does not exist", request.listing_id)))
+                return Err(ApiError::invalid(
+                    "unknown_listing",
+                    format!("listing {} does not exist", request.listing_id),
+                ))
             }
             Err(CallError::Retryable(m) | CallError::Permanent(m) | CallError::Unknown(m)) => {
-                return Err(ApiError::unavailable("marketplace_unavailable", format!("could not read the listing: {m}")))
+                return Err(ApiError::unavailable(
+                    "marketplace_unavailable",
+                    format!("could not read the listing: {m}"),
+                ))
             }
         };
         // Another request with this key may have created it while we waited.
@@ -270,7 +300,8 @@ impl PurchaseObject {
             return Ok(existing);
         }
         if !listing.active {
-            return Err(ApiError::invalid_state(format!("listing {} is not for sale", request.listing_id)).with_code("listing_unavailable"));
+            return Err(ApiError::invalid_state(format!("listing {} is not for sale", request.listing_id))
+                .with_code("listing_unavailable"));
         }
         let currency = listing.price.currency();
         let total = listing
@@ -356,7 +387,11 @@ impl PurchaseObject {
             Outcome::Ignored(orchestrator::Ignored::Duplicate) => "duplicate",
             Outcome::Ignored(_) => "ignored",
         };
-        self.log(Level::Info, "stripe event", json!({ "event_id": event.id, "type": event.event_type, "outcome": outcome }));
+        self.log(
+            Level::Info,
+            "stripe event",
+            json!({ "event_id": event.id, "type": event.event_type, "outcome": outcome }),
+        );
         effects.extend(tr.effects);
         Ok(outcome)
     }
@@ -392,10 +427,10 @@ impl PurchaseObject {
         sql.exec("DELETE FROM outbox", None).map_err(stored)?;
         for effect in pending {
             let text = serde_json::to_string(effect).map_err(|e| PurchaseError::Stored(e.to_string()))?;
-            sql.exec("INSERT OR REPLACE INTO outbox (idempotency_key, effect) VALUES (?, ?)", vec![
-                effect.idempotency_key.clone().into(),
-                text.into(),
-            ])
+            sql.exec(
+                "INSERT OR REPLACE INTO outbox (idempotency_key, effect) VALUES (?, ?)",
+                vec![effect.idempotency_key.clone().into(), text.into()],
+            )
             .map_err(stored)?;
         }
         Ok(())
@@ -427,14 +462,24 @@ impl PurchaseObject {
                 Err(CallError::Permanent(error)) => {
                     PurchaseInput::EffectFailed { effect: effect.id, retryable: false, error: error.clone() }
                 }
-                Err(CallError::Unknown(error)) => PurchaseInput::EffectOutcomeUnknown { effect: effect.id, error: error.clone() },
+                Err(CallError::Unknown(error)) => {
+                    PurchaseInput::EffectOutcomeUnknown { effect: effect.id, error: error.clone() }
+                }
             };
             if let Err(e) = &result {
-                self.log(Level::Warn, "effect failed", json!({ "key": effect.idempotency_key, "error": format!("{e:?}") }));
+                self.log(
+                    Level::Warn,
+                    "effect failed",
+                    json!({ "key": effect.idempotency_key, "error": format!("{e:?}") }),
+                );
             }
             match self.apply(saga, input) {
                 Ok(tr) => queue.extend(tr.effects),
-                Err(e) => self.log(Level::Error, "could not record an effect's result", json!({ "key": effect.idempotency_key, "error": e.to_string() })),
+                Err(e) => self.log(
+                    Level::Error,
+                    "could not record an effect's result",
+                    json!({ "key": effect.idempotency_key, "error": e.to_string() }),
+                ),
             }
         }
         self.sync_mirror(saga).await;
@@ -487,11 +532,10 @@ impl PurchaseObject {
         match mirror::upsert(&url, &row).await {
             Ok(()) => {
                 self.mirrored.set(row.revision);
-                let _ = self
-                    .state
-                    .storage()
-                    .sql()
-                    .exec("UPDATE record SET mirrored_revision = MAX(mirrored_revision, ?) WHERE id = 1", vec![(row.revision as i64).into()]);
+                let _ = self.state.storage().sql().exec(
+                    "UPDATE record SET mirrored_revision = MAX(mirrored_revision, ?) WHERE id = 1",
+                    vec![(row.revision as i64).into()],
+                );
             }
             Err(e) => self.log(Level::Warn, "mirror update failed; the alarm retries it", json!({ "error": e })),
         }

@@ -69,9 +69,12 @@ pub fn view(saga: &PurchaseSaga, r: &Record) -> Value {
         .map(|h| json!({ "at": rfc3339(h.at), "input": h.input, "from": h.from.as_str(), "to": h.to.as_str() }))
         .collect();
     let confirm = p.saga.step(step::CONFIRM_DELIVERY);
-    let auto_release_at = confirm.and_then(|s| if state == PurchaseState::AwaitingDelivery { s.deadline } else { None });
+    let auto_release_at =
+        confirm.and_then(|s| if state == PurchaseState::AwaitingDelivery { s.deadline } else { None });
     let hold_expires_at = match state {
-        PurchaseState::AwaitingDelivery | PurchaseState::Disputed | PurchaseState::HoldingFunds => saga.hold_expires_at(p),
+        PurchaseState::AwaitingDelivery | PurchaseState::Disputed | PurchaseState::HoldingFunds => {
+            saga.hold_expires_at(p)
+        }
         _ => None,
     };
     let attention = p.saga.attention().map(|a| {

@@ -49,7 +49,11 @@ pub fn form_encode(pairs: &[(String, String)]) -> String {
 }
 
 /// The request Stripe expects for a saga call: method, path and form.
-pub fn request_for(call: &Call, purchase_id: &str, payment_method: &str) -> (&'static str, String, Vec<(String, String)>) {
+pub fn request_for(
+    call: &Call,
+    purchase_id: &str,
+    payment_method: &str,
+) -> (&'static str, String, Vec<(String, String)>) {
     let kv = |k: &str, v: String| (k.to_string(), v);
     let metadata = kv("metadata[purchase_id]", purchase_id.to_string());
     match call {
@@ -72,9 +76,11 @@ pub fn request_for(call: &Call, purchase_id: &str, payment_method: &str) -> (&'s
             format!("/v1/payment_intents/{payment_intent}/capture"),
             vec![kv("amount_to_capture", amount_minor.to_string())],
         ),
-        Call::CancelPaymentIntent { payment_intent } => {
-            ("POST", format!("/v1/payment_intents/{payment_intent}/cancel"), vec![kv("cancellation_reason", "requested_by_customer".into())])
-        }
+        Call::CancelPaymentIntent { payment_intent } => (
+            "POST",
+            format!("/v1/payment_intents/{payment_intent}/cancel"),
+            vec![kv("cancellation_reason", "requested_by_customer".into())],
+        ),
         Call::RefundPaymentIntent { payment_intent, amount_minor } => (
             "POST",
             "/v1/refunds".into(),
@@ -92,7 +98,9 @@ pub fn request_for(call: &Call, purchase_id: &str, payment_method: &str) -> (&'s
             ],
         ),
         // Marketplace calls never reach this client.
-        Call::ReserveListing { .. } | Call::ReleaseListing { .. } | Call::MarkListingSold { .. } => ("POST", String::new(), Vec::new()),
+        Call::ReserveListing { .. } | Call::ReleaseListing { .. } | Call::MarkListingSold { .. } => {
+            ("POST", String::new(), Vec::new())
+        }
     }
 }
 
@@ -141,7 +149,13 @@ pub struct StripeClient {
 
 impl StripeClient {
     /// Performs one saga call under `idempotency_key`.
-    pub async fn perform(&self, call: &Call, idempotency_key: &str, purchase_id: &str, payment_method: &str) -> Result<String, CallError> {
+    pub async fn perform(
+        &self,
+        call: &Call,
+        idempotency_key: &str,
+        purchase_id: &str,
+        payment_method: &str,
+    ) -> Result<String, CallError> {
         let (method, path, form) = request_for(call, purchase_id, payment_method);
         if path.is_empty() {
             return Err(CallError::Permanent("not a payment provider call".into()));
@@ -158,8 +172,12 @@ impl StripeClient {
             init.with_body(Some(form_encode(&form).into()));
         }
         let url = format!("{}{}", self.api_base.trim_end_matches('/'), path);
-        let request = Request::new_with_init(&url, &init).map_err(|e| CallError::Permanent(format!("bad request to {url}: {e}")))?;
-        let mut response = Fetch::Request(request).send().await.map_err(|e| CallError::Unknown(format!("network error calling Stripe: {e}")))?;
+        let request = Request::new_with_init(&url, &init)
+            .map_err(|e| CallError::Permanent(format!("bad request to {url}: {e}")))?;
+        let mut response = Fetch::Request(request)
+            .send()
+            .await
+            .map_err(|e| CallError::Unknown(format!("network error calling Stripe: {e}")))?;
         let status = response.status_code();
         let body = response.text().await.map_err(|e| CallError::Unknown(format!("unreadable Stripe response: {e}")))?;
         classify_call(call, status, &body)
@@ -173,13 +191,17 @@ mod tests {
 
     #[test]
     fn form_encoding_matches_stripe_expectations() {
-        let pairs = vec![("metadata[purchase_id]".to_string(), "pur_1".to_string()), ("description".to_string(), "a b&c=d/é".to_string())];
+        let pairs = vec![
+            ("metadata[purchase_id]".to_string(), "pur_1".to_string()),
+            ("description".to_string(), "a b&c=d/é".to_string()),
+        ];
         assert_eq!(form_encode(&pairs), "metadata%5Bpurchase_id%5D=pur_1&description=a+b%26c%3Dd%2F%C3%A9");
     }
 
     #[test]
     fn payment_intent_request_holds_in_minor_units_with_manual_capture() {
-        let call = Call::CreatePaymentIntent { amount_minor: 12000, currency: Currency::EUR, customer: "buyer_1".into() };
+        let call =
+            Call::CreatePaymentIntent { amount_minor: 12000, currency: Currency::EUR, customer: "buyer_1".into() };
         let (method, path, form) = request_for(&call, "pur_1", "pm_card_visa");
         assert_eq!((method, path.as_str()), ("POST", "/v1/payment_intents"));
         let get = |k: &str| form.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
@@ -198,7 +220,8 @@ mod tests {
     #[test]
     fn answers_are_classified_for_retry() {
         assert_eq!(classify(200, r#"{"id": "pi_123", "object": "payment_intent"}"#), Ok("pi_123".into()));
-        let declined = r#"{"error": {"type": "card_error", "code": "card_declined", "message": "Your card was declined."}}"#;
+        let declined =
+            r#"{"error": {"type": "card_error", "code": "card_declined", "message": "Your card was declined."}}"#;
         assert!(matches!(classify(402, declined), Err(CallError::Permanent(m)) if m.contains("card_declined")));
         assert!(matches!(classify(500, "oops"), Err(CallError::Unknown(_))));
         assert!(matches!(classify(503, "{}"), Err(CallError::Unknown(_))));

@@ -143,7 +143,13 @@ fn retrieve(store: &mut dyn Store, id: &str, kind: &str, params: Params) -> Resu
 fn load_payment_intent(store: &dyn Store, id: &str, status: u16) -> Result<PaymentIntent> {
     match store.get(id)? {
         Some(Object::PaymentIntent(pi)) => Ok(pi),
-        _ => Err(StripeError::no_such(status, "payment_intent", id, if status == 404 { "intent" } else { "payment_intent" }).into()),
+        _ => Err(StripeError::no_such(
+            status,
+            "payment_intent",
+            id,
+            if status == 404 { "intent" } else { "payment_intent" },
+        )
+        .into()),
     }
 }
 
@@ -159,9 +165,12 @@ fn currency(params: &mut Params) -> Result<String> {
     if CURRENCIES.contains(&currency.as_str()) {
         Ok(currency)
     } else {
-        Err(StripeError::invalid_request(format!("Invalid currency: {currency}. The sandbox supports these currencies: {}.", CURRENCIES.join(", ")))
-            .param("currency")
-            .into())
+        Err(StripeError::invalid_request(format!(
+            "Invalid currency: {currency}. The sandbox supports these currencies: {}.",
+            CURRENCIES.join(", ")
+        ))
+        .param("currency")
+        .into())
     }
 }
 
@@ -178,7 +187,9 @@ pub fn test_card(payment_method: &str) -> Option<Card> {
     match payment_method {
         "pm_card_visa" | "pm_card_visa_debit" | "pm_card_mastercard" | "pm_card_amex" => Some(Card::Approve),
         "pm_card_chargeDeclined" => decline("card_declined", "generic_decline", "Your card was declined."),
-        "pm_card_chargeDeclinedInsufficientFunds" => decline("card_declined", "insufficient_funds", "Your card has insufficient funds."),
+        "pm_card_chargeDeclinedInsufficientFunds" => {
+            decline("card_declined", "insufficient_funds", "Your card has insufficient funds.")
+        }
         "pm_card_chargeDeclinedExpiredCard" => decline("expired_card", "expired_card", "Your card has expired."),
         _ => None,
     }
@@ -193,7 +204,9 @@ fn create_payment_intent(store: &mut dyn Store, ctx: &mut Ctx<'_>, mut p: Params
     let amount = p.require_amount("amount")?;
     let currency = currency(&mut p)?;
     let payment_method = p.take_nonempty("payment_method")?;
-    let capture_method = p.take_enum("capture_method", &["automatic", "automatic_async", "manual"])?.unwrap_or_else(|| "automatic_async".into());
+    let capture_method = p
+        .take_enum("capture_method", &["automatic", "automatic_async", "manual"])?
+        .unwrap_or_else(|| "automatic_async".into());
     let confirm = p.take_bool("confirm")?.unwrap_or(false);
     let transfer_group = p.take_nonempty("transfer_group")?;
     let metadata = p.take_metadata()?;
@@ -258,10 +271,12 @@ fn confirm_payment_intent(store: &mut dyn Store, ctx: &mut Ctx<'_>, id: &str, mu
         pi.payment_method = Some(pm);
     }
     let Some(pm) = pi.payment_method.clone() else {
-        return Err(StripeError::invalid_request("You cannot confirm this PaymentIntent because it's missing a payment method.")
-            .code("parameter_missing")
-            .param("payment_method")
-            .into());
+        return Err(StripeError::invalid_request(
+            "You cannot confirm this PaymentIntent because it's missing a payment method.",
+        )
+        .code("parameter_missing")
+        .param("payment_method")
+        .into());
     };
     let card = known_card(&pm)?;
     run_confirmation(store, ctx, pi, card)
@@ -333,7 +348,8 @@ fn run_confirmation(store: &mut dyn Store, ctx: &mut Ctx<'_>, mut pi: PaymentInt
             store.put(&Object::Charge(charge))?;
             store.put(&Object::PaymentIntent(pi.clone()))?;
             let body = pi.to_json();
-            let mut err = StripeError::new(402, ErrorType::CardError, message).code(code).with_payment_intent(body.clone());
+            let mut err =
+                StripeError::new(402, ErrorType::CardError, message).code(code).with_payment_intent(body.clone());
             err.decline_code = Some(decline_code);
             err.charge = Some(charge_id);
             let mut outcome = failed(err, purchase.clone());
@@ -367,7 +383,8 @@ fn capture(store: &mut dyn Store, _ctx: &mut Ctx<'_>, id: &str, mut p: Params) -
         return Ok(failed(err, purchase));
     }
     let charge_id = pi.latest_charge.clone().unwrap_or_default();
-    let mut charge = load_charge(store, &charge_id).map_err(|_| Failure::Storage(StoreError(format!("charge {charge_id} of {id} is missing"))))?;
+    let mut charge = load_charge(store, &charge_id)
+        .map_err(|_| Failure::Storage(StoreError(format!("charge {charge_id} of {id} is missing"))))?;
     charge.captured = true;
     charge.amount_captured = amount;
     pi.metadata.extend(metadata);
@@ -385,11 +402,15 @@ fn capture(store: &mut dyn Store, _ctx: &mut Ctx<'_>, id: &str, mut p: Params) -
 }
 
 fn cancel(store: &mut dyn Store, ctx: &mut Ctx<'_>, id: &str, mut p: Params) -> Result<Outcome> {
-    let reason = p.take_enum("cancellation_reason", &["duplicate", "fraudulent", "requested_by_customer", "abandoned"])?;
+    let reason =
+        p.take_enum("cancellation_reason", &["duplicate", "fraudulent", "requested_by_customer", "abandoned"])?;
     p.finish()?;
     let mut pi = load_payment_intent(store, id, 404)?;
     let purchase = pi.purchase_id();
-    if !matches!(pi.status, PiStatus::RequiresPaymentMethod | PiStatus::RequiresConfirmation | PiStatus::RequiresCapture) {
+    if !matches!(
+        pi.status,
+        PiStatus::RequiresPaymentMethod | PiStatus::RequiresConfirmation | PiStatus::RequiresCapture
+    ) {
         let message = format!(
             "You cannot cancel this PaymentIntent because it has a status of {}. Only a PaymentIntent with one of the following statuses may be canceled: requires_payment_method, requires_capture, requires_confirmation, requires_action, processing.",
             pi.status.as_str()
@@ -422,26 +443,39 @@ fn refund(store: &mut dyn Store, ctx: &mut Ctx<'_>, mut p: Params) -> Result<Out
             load_payment_intent(store, &charge.payment_intent, 400)?
         }
         (Some(_), Some(_)) => {
-            return Err(StripeError::invalid_request("You may only specify one of these parameters: charge, payment_intent.").code("parameters_exclusive").param("charge").into())
+            return Err(StripeError::invalid_request(
+                "You may only specify one of these parameters: charge, payment_intent.",
+            )
+            .code("parameters_exclusive")
+            .param("charge")
+            .into())
         }
         (None, None) => {
-            return Err(StripeError::invalid_request("One of the following params should be provided for this request: payment_intent or charge.")
-                .code("parameter_missing")
-                .param("payment_intent")
-                .into())
+            return Err(StripeError::invalid_request(
+                "One of the following params should be provided for this request: payment_intent or charge.",
+            )
+            .code("parameter_missing")
+            .param("payment_intent")
+            .into())
         }
     };
     let purchase = metadata.get("purchase_id").cloned().or_else(|| pi.purchase_id());
     let charge = match (&pi.status, &pi.latest_charge) {
         (PiStatus::Succeeded, Some(charge_id)) => load_charge(store, charge_id)?,
         _ => {
-            let message = format!("This PaymentIntent ({}) does not have a successful charge to refund (its status is {}).", pi.id, pi.status.as_str());
+            let message = format!(
+                "This PaymentIntent ({}) does not have a successful charge to refund (its status is {}).",
+                pi.id,
+                pi.status.as_str()
+            );
             return Ok(failed(StripeError::unexpected_state(message, pi.to_json()).param("payment_intent"), purchase));
         }
     };
     let remaining = charge.amount_captured - charge.amount_refunded;
     if remaining <= 0 {
-        let err = StripeError::invalid_request(format!("Charge {} has already been refunded.", charge.id)).code("charge_already_refunded").param("charge");
+        let err = StripeError::invalid_request(format!("Charge {} has already been refunded.", charge.id))
+            .code("charge_already_refunded")
+            .param("charge");
         return Ok(failed(err, purchase));
     }
     let amount = amount.unwrap_or(remaining);
@@ -476,9 +510,9 @@ fn refund(store: &mut dyn Store, ctx: &mut Ctx<'_>, mut p: Params) -> Result<Out
 
 /// `acct_` followed by letters, digits or underscores.
 fn valid_account(destination: &str) -> bool {
-    destination
-        .strip_prefix("acct_")
-        .is_some_and(|rest| !rest.is_empty() && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    destination.strip_prefix("acct_").is_some_and(|rest| {
+        !rest.is_empty() && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    })
 }
 
 /// What may still be transferred: captured minus refunded minus already
@@ -507,7 +541,9 @@ fn transfer(store: &mut dyn Store, ctx: &mut Ctx<'_>, mut p: Params) -> Result<O
     }
     let purchase = metadata.get("purchase_id").cloned().or_else(|| transfer_group.clone());
     let (scope, available) = match &transfer_group {
-        Some(group) => (format!("transfer group {group}"), available_balance(&store.in_transfer_group(group)?, &currency)),
+        Some(group) => {
+            (format!("transfer group {group}"), available_balance(&store.in_transfer_group(group)?, &currency))
+        }
         None => ("the account balance".to_string(), available_balance(&store.all()?, &currency)),
     };
     if amount > available {
@@ -592,7 +628,10 @@ mod tests {
         assert_eq!(out.purchase_id.as_deref(), Some("pur_1"));
         let id = out.body["id"].as_str().unwrap().to_string();
         let out = w.call("POST", &format!("/v1/payment_intents/{id}/capture"), "amount_to_capture=10000").unwrap();
-        assert_eq!((out.status, &out.body["status"], &out.body["amount_received"]), (200, &json!("succeeded"), &json!(10000)));
+        assert_eq!(
+            (out.status, &out.body["status"], &out.body["amount_received"]),
+            (200, &json!("succeeded"), &json!(10000))
+        );
         assert_eq!(out.events[0].kind, "payment_intent.succeeded");
         let Some(Object::PaymentIntent(pi)) = w.store.get(&id).unwrap() else { panic!() };
         assert_eq!((pi.authorized, pi.voided, pi.amount_capturable), (12000, 2000, 0));
@@ -606,10 +645,19 @@ mod tests {
     #[test]
     fn a_declined_card_is_a_stored_402_with_the_payment_intent() {
         let mut w = World::new();
-        let out = w.call("POST", "/v1/payment_intents", "amount=500&currency=usd&payment_method=pm_card_chargeDeclined&capture_method=manual&confirm=true").unwrap();
+        let out = w
+            .call(
+                "POST",
+                "/v1/payment_intents",
+                "amount=500&currency=usd&payment_method=pm_card_chargeDeclined&capture_method=manual&confirm=true",
+            )
+            .unwrap();
         assert_eq!(out.status, 402);
         let err = &out.body["error"];
-        assert_eq!((err["type"].as_str(), err["code"].as_str(), err["decline_code"].as_str()), (Some("card_error"), Some("card_declined"), Some("generic_decline")));
+        assert_eq!(
+            (err["type"].as_str(), err["code"].as_str(), err["decline_code"].as_str()),
+            (Some("card_error"), Some("card_declined"), Some("generic_decline"))
+        );
         assert_eq!(err["message"], "Your card was declined.");
         assert_eq!(err["payment_intent"]["status"], "requires_payment_method");
         assert_eq!(out.events[0].kind, "payment_intent.payment_failed");
@@ -640,7 +688,9 @@ mod tests {
     fn cancel_voids_the_hold_once() {
         let mut w = World::new();
         let id = w.hold(3000, "pur_c");
-        let out = w.call("POST", &format!("/v1/payment_intents/{id}/cancel"), "cancellation_reason=requested_by_customer").unwrap();
+        let out = w
+            .call("POST", &format!("/v1/payment_intents/{id}/cancel"), "cancellation_reason=requested_by_customer")
+            .unwrap();
         assert_eq!((out.status, out.body["status"].as_str()), (200, Some("canceled")));
         assert_eq!(out.events[0].kind, "payment_intent.canceled");
         let again = w.call("POST", &format!("/v1/payment_intents/{id}/cancel"), "").unwrap();
@@ -658,8 +708,13 @@ mod tests {
         let uncaptured = w.call("POST", "/v1/refunds", &format!("payment_intent={id}")).unwrap();
         assert_eq!(uncaptured.status, 400);
         w.call("POST", &format!("/v1/payment_intents/{id}/capture"), "").unwrap();
-        let first = w.call("POST", "/v1/refunds", &format!("payment_intent={id}&amount=2000&metadata[purchase_id]=pur_r")).unwrap();
-        assert_eq!((first.status, first.body["object"].as_str(), first.body["amount"].as_i64()), (200, Some("refund"), Some(2000)));
+        let first = w
+            .call("POST", "/v1/refunds", &format!("payment_intent={id}&amount=2000&metadata[purchase_id]=pur_r"))
+            .unwrap();
+        assert_eq!(
+            (first.status, first.body["object"].as_str(), first.body["amount"].as_i64()),
+            (200, Some("refund"), Some(2000))
+        );
         let charge = &first.events[0];
         assert_eq!(charge.kind, "charge.refunded");
         assert_eq!(charge.object["object"], "charge");
@@ -679,18 +734,27 @@ mod tests {
     fn transfers_are_bounded_by_the_groups_net_capture() {
         let mut w = World::new();
         let id = w.hold(10000, "pur_t");
-        let early = w.call("POST", "/v1/transfers", "amount=1&currency=eur&destination=acct_1&transfer_group=pur_t").unwrap();
+        let early =
+            w.call("POST", "/v1/transfers", "amount=1&currency=eur&destination=acct_1&transfer_group=pur_t").unwrap();
         assert_eq!(early.body["error"]["code"], "balance_insufficient");
         w.call("POST", &format!("/v1/payment_intents/{id}/capture"), "").unwrap();
         w.call("POST", "/v1/refunds", &format!("payment_intent={id}&amount=1000")).unwrap();
-        let t1 = w.call("POST", "/v1/transfers", "amount=8000&currency=eur&destination=acct_seller&transfer_group=pur_t").unwrap();
+        let t1 = w
+            .call("POST", "/v1/transfers", "amount=8000&currency=eur&destination=acct_seller&transfer_group=pur_t")
+            .unwrap();
         assert_eq!((t1.status, t1.body["object"].as_str()), (200, Some("transfer")));
         assert_eq!(t1.events[0].kind, "transfer.created");
-        let t2 = w.call("POST", "/v1/transfers", "amount=1001&currency=eur&destination=acct_seller&transfer_group=pur_t").unwrap();
+        let t2 = w
+            .call("POST", "/v1/transfers", "amount=1001&currency=eur&destination=acct_seller&transfer_group=pur_t")
+            .unwrap();
         assert_eq!(t2.body["error"]["code"], "balance_insufficient");
-        let other_currency = w.call("POST", "/v1/transfers", "amount=1&currency=usd&destination=acct_seller&transfer_group=pur_t").unwrap();
+        let other_currency = w
+            .call("POST", "/v1/transfers", "amount=1&currency=usd&destination=acct_seller&transfer_group=pur_t")
+            .unwrap();
         assert_eq!(other_currency.body["error"]["code"], "balance_insufficient");
-        let t3 = w.call("POST", "/v1/transfers", "amount=1000&currency=eur&destination=acct_seller&transfer_group=pur_t").unwrap();
+        let t3 = w
+            .call("POST", "/v1/transfers", "amount=1000&currency=eur&destination=acct_seller&transfer_group=pur_t")
+            .unwrap();
         assert_eq!(t3.status, 200);
         let bad = w.call("POST", "/v1/transfers", "amount=1&currency=eur&destination=bank_1").unwrap_err();
         assert_eq!(bad.code, Some("resource_missing"));
@@ -710,12 +774,15 @@ mod tests {
     #[test]
     fn automatic_capture_succeeds_at_once_and_confirm_later_works() {
         let mut w = World::new();
-        let out = w.call("POST", "/v1/payment_intents", "amount=700&currency=gbp&payment_method=pm_card_visa&confirm=true").unwrap();
+        let out = w
+            .call("POST", "/v1/payment_intents", "amount=700&currency=gbp&payment_method=pm_card_visa&confirm=true")
+            .unwrap();
         assert_eq!((out.body["status"].as_str(), out.body["amount_received"].as_i64()), (Some("succeeded"), Some(700)));
         let out = w.call("POST", "/v1/payment_intents", "amount=700&currency=gbp&capture_method=manual").unwrap();
         assert_eq!(out.body["status"], "requires_payment_method");
         let id = out.body["id"].as_str().unwrap().to_string();
-        let out = w.call("POST", &format!("/v1/payment_intents/{id}/confirm"), "payment_method=pm_card_mastercard").unwrap();
+        let out =
+            w.call("POST", &format!("/v1/payment_intents/{id}/confirm"), "payment_method=pm_card_mastercard").unwrap();
         assert_eq!(out.body["status"], "requires_capture");
     }
 }

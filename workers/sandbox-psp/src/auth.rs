@@ -39,14 +39,22 @@ pub fn check(configured: Option<&str>, authorization: Option<&str>) -> Result<()
     if matches {
         Ok(())
     } else {
-        Err(StripeError::new(401, ErrorType::InvalidRequestError, format!("Invalid API Key provided: {}", redact(&presented))))
+        Err(StripeError::new(
+            401,
+            ErrorType::InvalidRequestError,
+            format!("Invalid API Key provided: {}", redact(&presented)),
+        ))
     }
 }
 
 /// `sk_test_****************abcd`, as Stripe echoes a wrong key.
 pub fn redact(key: &str) -> String {
     let chars: Vec<char> = key.chars().collect();
-    let prefix = ["sk_test_", "sk_live_", "rk_test_", "rk_live_"].iter().find(|p| key.starts_with(**p)).map(|p| p.len()).unwrap_or(0);
+    let prefix = ["sk_test_", "sk_live_", "rk_test_", "rk_live_"]
+        .iter()
+        .find(|p| key.starts_with(**p))
+        .map(|p| p.len())
+        .unwrap_or(0);
     if chars.len() <= prefix + 4 {
         return format!("{}{}", &key[..prefix.min(key.len())], "*".repeat(chars.len().saturating_sub(prefix)));
     }

@@ -66,22 +66,37 @@ impl Chaos {
             match value {
                 None => Ok(current),
                 Some(v) if v.is_finite() && (0.0..=1.0).contains(&v) => Ok(v),
-                Some(v) => Err(ApiError::invalid("invalid_field", format!("{name} must be a number between 0 and 1, not {v}"))),
+                Some(v) => {
+                    Err(ApiError::invalid("invalid_field", format!("{name} must be a number between 0 and 1, not {v}")))
+                }
             }
         };
         let max_delay = match patch.webhook_max_delay_ms {
             None => self.webhook_max_delay_ms,
             Some(ms) if ms <= MAX_DELAY_LIMIT_MS => ms,
-            Some(ms) => return Err(ApiError::invalid("invalid_field", format!("webhook_max_delay_ms must be at most {MAX_DELAY_LIMIT_MS}, not {ms}"))),
+            Some(ms) => {
+                return Err(ApiError::invalid(
+                    "invalid_field",
+                    format!("webhook_max_delay_ms must be at most {MAX_DELAY_LIMIT_MS}, not {ms}"),
+                ))
+            }
         };
         Ok(Chaos {
-            webhook_duplicate_rate: rate("webhook_duplicate_rate", patch.webhook_duplicate_rate, self.webhook_duplicate_rate)?,
+            webhook_duplicate_rate: rate(
+                "webhook_duplicate_rate",
+                patch.webhook_duplicate_rate,
+                self.webhook_duplicate_rate,
+            )?,
             webhook_reorder_rate: rate("webhook_reorder_rate", patch.webhook_reorder_rate, self.webhook_reorder_rate)?,
             webhook_delay_rate: rate("webhook_delay_rate", patch.webhook_delay_rate, self.webhook_delay_rate)?,
             webhook_max_delay_ms: max_delay,
             webhook_drop_rate: rate("webhook_drop_rate", patch.webhook_drop_rate, self.webhook_drop_rate)?,
             api_error_rate: rate("api_error_rate", patch.api_error_rate, self.api_error_rate)?,
-            api_lost_response_rate: rate("api_lost_response_rate", patch.api_lost_response_rate, self.api_lost_response_rate)?,
+            api_lost_response_rate: rate(
+                "api_lost_response_rate",
+                patch.api_lost_response_rate,
+                self.api_lost_response_rate,
+            )?,
         })
     }
 
@@ -89,10 +104,13 @@ impl Chaos {
     pub fn plan_delivery(&self, now_ms: i64, draws: [f64; 5]) -> DeliveryPlan {
         let [duplicate, reorder, delay, delay_amount, drop] = draws;
         let max_delay = self.webhook_max_delay_ms as f64;
-        let due_ms = if hit(self.webhook_delay_rate, delay) { now_ms + (delay_amount * max_delay) as i64 } else { now_ms };
-        let held_until_ms = hit(self.webhook_reorder_rate, reorder).then(|| due_ms + self.webhook_max_delay_ms.max(1) as i64);
+        let due_ms =
+            if hit(self.webhook_delay_rate, delay) { now_ms + (delay_amount * max_delay) as i64 } else { now_ms };
+        let held_until_ms =
+            hit(self.webhook_reorder_rate, reorder).then(|| due_ms + self.webhook_max_delay_ms.max(1) as i64);
         // The duplicate goes out shortly after the original.
-        let duplicate_due_ms = hit(self.webhook_duplicate_rate, duplicate).then(|| due_ms + 100 + (delay_amount * 900.0) as i64);
+        let duplicate_due_ms =
+            hit(self.webhook_duplicate_rate, duplicate).then(|| due_ms + 100 + (delay_amount * 900.0) as i64);
         DeliveryPlan { due_ms, held_until_ms, drop_first: hit(self.webhook_drop_rate, drop), duplicate_due_ms }
     }
 }
@@ -137,11 +155,19 @@ mod tests {
     #[test]
     fn invalid_settings_are_422_and_change_nothing() {
         let start = Chaos::default();
-        for bad in [r#"{"api_error_rate": 1.5}"#, r#"{"webhook_drop_rate": -0.1}"#, r#"{"webhook_max_delay_ms": 600001}"#] {
+        for bad in
+            [r#"{"api_error_rate": 1.5}"#, r#"{"webhook_drop_rate": -0.1}"#, r#"{"webhook_max_delay_ms": 600001}"#]
+        {
             let err = start.apply(&patch(bad).unwrap()).unwrap_err();
             assert_eq!((err.status, err.code), (422, "invalid_field"), "{bad}");
         }
-        for bad in [r#"{"api_error_rate": "0.5"}"#, r#"{"webhook_max_delay_ms": -1}"#, r#"{"webhook_max_delay_ms": 1.5}"#, r#"{"surprise": 1}"#, r#"[]"#] {
+        for bad in [
+            r#"{"api_error_rate": "0.5"}"#,
+            r#"{"webhook_max_delay_ms": -1}"#,
+            r#"{"webhook_max_delay_ms": 1.5}"#,
+            r#"{"surprise": 1}"#,
+            r#"[]"#,
+        ] {
             let err = patch(bad).unwrap_err();
             assert_eq!(err.status, 422, "{bad}");
         }
@@ -150,7 +176,10 @@ mod tests {
     #[test]
     fn calm_settings_deliver_at_once_exactly_once() {
         let plan = Chaos::default().plan_delivery(1_000, [0.0, 0.0, 0.0, 0.9, 0.0]);
-        assert_eq!(plan, DeliveryPlan { due_ms: 1_000, held_until_ms: None, drop_first: false, duplicate_due_ms: None });
+        assert_eq!(
+            plan,
+            DeliveryPlan { due_ms: 1_000, held_until_ms: None, drop_first: false, duplicate_due_ms: None }
+        );
     }
 
     #[test]

@@ -143,7 +143,10 @@ impl Ledger {
         if let Err(e) = self.ensure_schema() {
             log::event(Level::Error, SERVICE, "schema migration failed", json!({ "error": e.0 }));
             return match segments.first() {
-                Some(&"v1") => stripe_error(&StripeError::api_error("The sandbox could not open its storage."), &ids::new_id("req")),
+                Some(&"v1") => stripe_error(
+                    &StripeError::api_error("The sandbox could not open its storage."),
+                    &ids::new_id("req"),
+                ),
                 _ => ApiError::internal(e.0).into_response(),
             };
         }
@@ -161,9 +164,15 @@ impl Ledger {
                 }
                 Err(e) => ApiError::internal(e.0).into_response(),
             },
-            (_, ["_sandbox", "chaos"]) => ApiError::method_not_allowed(method.as_ref(), "/_sandbox/chaos").into_response(),
-            (Method::Get, ["_sandbox", "ledger"]) => self.ledger(&req).unwrap_or_else(|e| ApiError::internal(e.0).into_response()),
-            (_, ["_sandbox", "ledger"]) => ApiError::method_not_allowed(method.as_ref(), "/_sandbox/ledger").into_response(),
+            (_, ["_sandbox", "chaos"]) => {
+                ApiError::method_not_allowed(method.as_ref(), "/_sandbox/chaos").into_response()
+            }
+            (Method::Get, ["_sandbox", "ledger"]) => {
+                self.ledger(&req).unwrap_or_else(|e| ApiError::internal(e.0).into_response())
+            }
+            (_, ["_sandbox", "ledger"]) => {
+                ApiError::method_not_allowed(method.as_ref(), "/_sandbox/ledger").into_response()
+            }
             _ => ApiError::not_found(format!("no route for {} {}", method, req.path())).into_response(),
         }
     }
@@ -190,13 +199,18 @@ impl Ledger {
                     "objects": objects.first().map(|c| c.n).unwrap_or(0),
                     "database_bytes": sql.database_size(),
                 })),
-                other => Err(StoreError(format!("read back {:?} instead of the nonce just written", other.map(|r| r.value.clone())))),
+                other => Err(StoreError(format!(
+                    "read back {:?} instead of the nonce just written",
+                    other.map(|r| r.value.clone())
+                ))),
             }
         })();
         let latency_ms = (now_ms() - started).max(0) as u64;
         let check = match probe {
             Ok(detail) => health::Check { name: "durable_object_sqlite", ok: true, latency_ms, detail },
-            Err(e) => health::Check { name: "durable_object_sqlite", ok: false, latency_ms, detail: json!({ "error": e.0 }) },
+            Err(e) => {
+                health::Check { name: "durable_object_sqlite", ok: false, latency_ms, detail: json!({ "error": e.0 }) }
+            }
         };
         health::report(SERVICE, vec![check])
     }
@@ -217,7 +231,8 @@ impl Ledger {
         let is_post = req.method() == Method::Post;
         let idempotency_key = if is_post { req.headers().get("idempotency-key").ok().flatten() } else { None };
         let raw = if is_post {
-            let content_type = req.headers().get("content-type").ok().flatten().unwrap_or_default().to_ascii_lowercase();
+            let content_type =
+                req.headers().get("content-type").ok().flatten().unwrap_or_default().to_ascii_lowercase();
             if content_type.starts_with("application/json") || content_type.starts_with("multipart/") {
                 let err = StripeError::invalid_request(format!(
                     "Invalid request: unsupported Content-Type {content_type}. Send application/x-www-form-urlencoded parameters."
@@ -235,7 +250,12 @@ impl Ledger {
         // From here to the commit nothing awaits: this request is alone.
         let chaos = self.chaos();
         if chaos::hit(chaos.api_error_rate, ids::draw()) {
-            log::event(Level::Warn, SERVICE, "chaos: api error before execution", json!({ "request_id": request_id, "method": method, "path": path }));
+            log::event(
+                Level::Warn,
+                SERVICE,
+                "chaos: api error before execution",
+                json!({ "request_id": request_id, "method": method, "path": path }),
+            );
             return stripe_error(&StripeError::api_error("An unknown error occurred"), &request_id);
         }
         let params = match form::decode(&raw) {
@@ -294,14 +314,24 @@ impl Ledger {
         let (status, body, events, purchase_id) = match executed {
             Ok(done) => done,
             Err(Failure::Rejected(e)) => {
-                log::event(Level::Info, SERVICE, "api request rejected", json!({
-                    "request_id": request_id, "method": method, "path": path, "status": e.status,
-                    "code": e.code, "idempotency_key": idempotency_key,
-                }));
+                log::event(
+                    Level::Info,
+                    SERVICE,
+                    "api request rejected",
+                    json!({
+                        "request_id": request_id, "method": method, "path": path, "status": e.status,
+                        "code": e.code, "idempotency_key": idempotency_key,
+                    }),
+                );
                 return stripe_error(&e, &request_id);
             }
             Err(Failure::Storage(e)) => {
-                log::event(Level::Error, SERVICE, "api request failed in storage", json!({ "request_id": request_id, "path": path, "error": e.0 }));
+                log::event(
+                    Level::Error,
+                    SERVICE,
+                    "api request failed in storage",
+                    json!({ "request_id": request_id, "path": path, "error": e.0 }),
+                );
                 return stripe_error(&StripeError::api_error("An unknown error occurred"), &request_id);
             }
         };
@@ -309,10 +339,15 @@ impl Ledger {
             self.schedule_deliveries().await;
         }
         let lost = chaos::hit(chaos.api_lost_response_rate, ids::draw());
-        log::event(Level::Info, SERVICE, "api request executed", json!({
-            "request_id": request_id, "method": method, "path": path, "status": status, "purchase_id": purchase_id,
-            "idempotency_key": idempotency_key, "events": events, "response_lost": lost,
-        }));
+        log::event(
+            Level::Info,
+            SERVICE,
+            "api request executed",
+            json!({
+                "request_id": request_id, "method": method, "path": path, "status": status, "purchase_id": purchase_id,
+                "idempotency_key": idempotency_key, "events": events, "response_lost": lost,
+            }),
+        );
         if lost {
             return stripe_error(&StripeError::api_error("An unknown error occurred"), &request_id);
         }
@@ -337,21 +372,37 @@ impl Ledger {
         )
         .map_err(storage_failed)?;
         let Some(stored) = stored.into_iter().next() else { return Ok(None) };
-        let first = Fingerprint { method: stored.method.clone(), path: stored.path.clone(), params: stored.params.clone() };
+        let first =
+            Fingerprint { method: stored.method.clone(), path: stored.path.clone(), params: stored.params.clone() };
         match idempotency::decide(key, Some(&first), incoming) {
             Decision::Execute => Ok(None),
             Decision::Conflict(err) => {
-                log::event(Level::Warn, SERVICE, "idempotency key reused with other parameters", json!({ "idempotency_key": key, "path": incoming.path }));
+                log::event(
+                    Level::Warn,
+                    SERVICE,
+                    "idempotency key reused with other parameters",
+                    json!({ "idempotency_key": key, "path": incoming.path }),
+                );
                 Err(err)
             }
             Decision::Replay => {
-                sql::run(&sql, "UPDATE idempotency SET replays = replays + 1 WHERE key = ?", vec![text(key)]).map_err(storage_failed)?;
-                log::event(Level::Info, SERVICE, "api request replayed", json!({
-                    "request_id": request_id, "original_request": stored.request_id, "idempotency_key": key,
-                    "path": incoming.path, "status": stored.status,
-                }));
+                sql::run(&sql, "UPDATE idempotency SET replays = replays + 1 WHERE key = ?", vec![text(key)])
+                    .map_err(storage_failed)?;
+                log::event(
+                    Level::Info,
+                    SERVICE,
+                    "api request replayed",
+                    json!({
+                        "request_id": request_id, "original_request": stored.request_id, "idempotency_key": key,
+                        "path": incoming.path, "status": stored.status,
+                    }),
+                );
                 let status = u16::try_from(stored.status).unwrap_or(500);
-                let extra = [("idempotency-key", key), ("idempotent-replayed", "true"), ("original-request", stored.request_id.as_str())];
+                let extra = [
+                    ("idempotency-key", key),
+                    ("idempotent-replayed", "true"),
+                    ("original-request", stored.request_id.as_str()),
+                ];
                 Ok(Some(stripe_response(status, &stored.body, request_id, &extra)))
             }
         }
@@ -436,12 +487,20 @@ impl Ledger {
             None => {
                 use crate::store::Store;
                 let objects = store.all()?;
-                let by_kind: Vec<Count> = sql::rows(&sql, "SELECT kind AS name, COUNT(*) AS n FROM objects GROUP BY kind", vec![])?;
-                let by_state: Vec<Count> = sql::rows(&sql, "SELECT state AS name, COUNT(*) AS n FROM deliveries GROUP BY state", vec![])?;
+                let by_kind: Vec<Count> =
+                    sql::rows(&sql, "SELECT kind AS name, COUNT(*) AS n FROM objects GROUP BY kind", vec![])?;
+                let by_state: Vec<Count> =
+                    sql::rows(&sql, "SELECT state AS name, COUNT(*) AS n FROM deliveries GROUP BY state", vec![])?;
                 let keys: Vec<Count> = sql::rows(&sql, "SELECT NULL AS name, COUNT(*) AS n FROM idempotency", vec![])?;
-                let replays: Vec<Count> = sql::rows(&sql, "SELECT NULL AS name, COALESCE(SUM(replays), 0) AS n FROM idempotency", vec![])?;
+                let replays: Vec<Count> =
+                    sql::rows(&sql, "SELECT NULL AS name, COALESCE(SUM(replays), 0) AS n FROM idempotency", vec![])?;
                 let events: Vec<Count> = sql::rows(&sql, "SELECT NULL AS name, COUNT(*) AS n FROM events", vec![])?;
-                let map = |rows: &[Count]| -> Value { rows.iter().map(|c| (c.name.clone().unwrap_or_default(), json!(c.n))).collect::<serde_json::Map<_, _>>().into() };
+                let map = |rows: &[Count]| -> Value {
+                    rows.iter()
+                        .map(|c| (c.name.clone().unwrap_or_default(), json!(c.n)))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into()
+                };
                 let first = |rows: &[Count]| rows.first().map(|c| c.n).unwrap_or(0);
                 ledger::overall(
                     &objects,
@@ -480,7 +539,12 @@ impl Ledger {
             let at = at.max(now_ms());
             let when = ScheduledTime::new(js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(at as f64)));
             if let Err(e) = self.state.storage().set_alarm(when).await {
-                log::event(Level::Error, SERVICE, "could not set the delivery alarm", json!({ "error": e.to_string() }));
+                log::event(
+                    Level::Error,
+                    SERVICE,
+                    "could not set the delivery alarm",
+                    json!({ "error": e.to_string() }),
+                );
             }
         }
     }
@@ -494,7 +558,11 @@ impl Ledger {
         for _ in 0..DELIVERIES_PER_ALARM {
             let now = now_ms();
             // Held-back (reordered) deliveries whose deadline passed go out now.
-            if let Err(e) = sql::run(&sql, "UPDATE deliveries SET state = 'pending', due_ms = ? WHERE state = 'held' AND hold_until_ms <= ?", vec![int(now), int(now)]) {
+            if let Err(e) = sql::run(
+                &sql,
+                "UPDATE deliveries SET state = 'pending', due_ms = ? WHERE state = 'held' AND hold_until_ms <= ?",
+                vec![int(now), int(now)],
+            ) {
                 log::event(Level::Error, SERVICE, "could not release held deliveries", json!({ "error": e.0 }));
                 return;
             }
@@ -523,7 +591,10 @@ impl Ledger {
                 match &url {
                     None => AttemptResult::Network("STRIPE_WEBHOOK_URL is not configured".into()),
                     Some(url) => {
-                        let signature = secret.as_deref().and_then(webhooks::first_secret).map(|s| webhooks::sign_header(s, now_ms() / 1000, delivery.body.as_bytes()));
+                        let signature = secret
+                            .as_deref()
+                            .and_then(webhooks::first_secret)
+                            .map(|s| webhooks::sign_header(s, now_ms() / 1000, delivery.body.as_bytes()));
                         send(url, signature.as_deref(), &delivery.body).await
                     }
                 }
@@ -581,7 +652,14 @@ async fn send(_url: &str, _signature: Option<&str>, _body: &str) -> AttemptResul
 }
 
 /// Stores an event and plans its delivery (chaos decides when and how).
-fn record_event(sql: &SqlStorage, event: &NewEvent, at_ms: i64, chaos: &Chaos, request_id: &str, idempotency_key: Option<&str>) -> Result<(), StoreError> {
+fn record_event(
+    sql: &SqlStorage,
+    event: &NewEvent,
+    at_ms: i64,
+    chaos: &Chaos,
+    request_id: &str,
+    idempotency_key: Option<&str>,
+) -> Result<(), StoreError> {
     let id = ids::new_id("evt");
     let body = event_json(&id, event.kind, at_ms / 1000, &event.object, Some(request_id), idempotency_key).to_string();
     sql::run(
@@ -604,16 +682,41 @@ fn record_event(sql: &SqlStorage, event: &NewEvent, at_ms: i64, chaos: &Chaos, r
     sql::run(
         sql,
         insert,
-        vec![int(seq), text(id.clone()), text(state), int(plan.due_ms), plan.held_until_ms.map(int).unwrap_or(worker::SqlStorageValue::Null), int(plan.drop_first as i64), int(at_ms)],
+        vec![
+            int(seq),
+            text(id.clone()),
+            text(state),
+            int(plan.due_ms),
+            plan.held_until_ms.map(int).unwrap_or(worker::SqlStorageValue::Null),
+            int(plan.drop_first as i64),
+            int(at_ms),
+        ],
     )?;
     if let Some(due) = plan.duplicate_due_ms {
-        sql::run(sql, insert, vec![int(seq), text(id.clone()), text("pending"), int(due), worker::SqlStorageValue::Null, int(0), int(at_ms)])?;
+        sql::run(
+            sql,
+            insert,
+            vec![
+                int(seq),
+                text(id.clone()),
+                text("pending"),
+                int(due),
+                worker::SqlStorageValue::Null,
+                int(0),
+                int(at_ms),
+            ],
+        )?;
     }
     if plan != (chaos::DeliveryPlan { due_ms: at_ms, held_until_ms: None, drop_first: false, duplicate_due_ms: None }) {
-        log::event(Level::Warn, SERVICE, "chaos: webhook delivery altered", json!({
-            "event_id": id, "type": event.kind, "delay_ms": plan.due_ms - at_ms, "held_until_ms": plan.held_until_ms,
-            "drop_first": plan.drop_first, "duplicate": plan.duplicate_due_ms.is_some(),
-        }));
+        log::event(
+            Level::Warn,
+            SERVICE,
+            "chaos: webhook delivery altered",
+            json!({
+                "event_id": id, "type": event.kind, "delay_ms": plan.due_ms - at_ms, "held_until_ms": plan.held_until_ms,
+                "drop_first": plan.drop_first, "duplicate": plan.duplicate_due_ms.is_some(),
+            }),
+        );
     }
     Ok(())
 }

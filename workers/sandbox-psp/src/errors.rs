@@ -42,7 +42,16 @@ pub struct StripeError {
 
 impl StripeError {
     pub fn new(status: u16, kind: ErrorType, message: impl Into<String>) -> Self {
-        Self { status, kind, code: None, decline_code: None, message: message.into(), param: None, payment_intent: None, charge: None }
+        Self {
+            status,
+            kind,
+            code: None,
+            decline_code: None,
+            message: message.into(),
+            param: None,
+            payment_intent: None,
+            charge: None,
+        }
     }
 
     pub fn invalid_request(message: impl Into<String>) -> Self {
@@ -78,7 +87,9 @@ impl StripeError {
 
     /// `No such payment_intent: 'pi_123'` (404 when the id is in the path).
     pub fn no_such(status: u16, what: &str, id: &str, param: &str) -> Self {
-        Self::new(status, ErrorType::InvalidRequestError, format!("No such {what}: '{id}'")).code("resource_missing").param(param)
+        Self::new(status, ErrorType::InvalidRequestError, format!("No such {what}: '{id}'"))
+            .code("resource_missing")
+            .param(param)
     }
 
     pub fn unexpected_state(message: impl Into<String>, payment_intent: Value) -> Self {
@@ -111,7 +122,10 @@ impl StripeError {
             error.insert("decline_code".into(), json!(decline_code));
         }
         if let Some(code) = self.code {
-            error.insert("doc_url".into(), json!(format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-"))));
+            error.insert(
+                "doc_url".into(),
+                json!(format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-"))),
+            );
         }
         error.insert("message".into(), json!(self.message));
         if let Some(param) = &self.param {

@@ -72,13 +72,20 @@ fn percent_decode(raw: &[u8]) -> Result<String, StripeError> {
                 i += 1;
             }
             b'%' => {
-                let hex = raw.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = raw
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(byte) => {
                         out.push(byte);
                         i += 3;
                     }
-                    None => return Err(StripeError::invalid_request("Invalid request: malformed percent-encoding in the request body.")),
+                    None => {
+                        return Err(StripeError::invalid_request(
+                            "Invalid request: malformed percent-encoding in the request body.",
+                        ))
+                    }
                 }
             }
             byte => {
@@ -87,7 +94,8 @@ fn percent_decode(raw: &[u8]) -> Result<String, StripeError> {
             }
         }
     }
-    String::from_utf8(out).map_err(|_| StripeError::invalid_request("Invalid request: the request body is not valid UTF-8."))
+    String::from_utf8(out)
+        .map_err(|_| StripeError::invalid_request("Invalid request: the request body is not valid UTF-8."))
 }
 
 /// `a[b][c]` → `["a", "b", "c"]`; `a[]` → `["a", ""]` (an empty segment appends).
@@ -122,7 +130,12 @@ fn parse_key(key: &str) -> Result<Vec<String>, StripeError> {
 
 impl Params {
     fn insert(&mut self, key: &str, path: &[String], value: String) -> Result<(), StripeError> {
-        let conflict = || StripeError::invalid_request(format!("Invalid request: the parameter {key} was given more than once or with conflicting shapes.")).param(key.to_string());
+        let conflict = || {
+            StripeError::invalid_request(format!(
+                "Invalid request: the parameter {key} was given more than once or with conflicting shapes."
+            ))
+            .param(key.to_string())
+        };
         let (first, rest) = path.split_first().ok_or_else(conflict)?;
         insert_into(&mut self.0, first, rest, value).map_err(|()| conflict())
     }
@@ -141,7 +154,10 @@ impl Params {
         match self.0.remove(name) {
             None => Ok(None),
             Some(Param::Str(value)) => Ok(Some(value)),
-            Some(_) => Err(StripeError::invalid_request(format!("Invalid string: {name} must be a string, not a hash or a list.")).param(name)),
+            Some(_) => Err(StripeError::invalid_request(format!(
+                "Invalid string: {name} must be a string, not a hash or a list."
+            ))
+            .param(name)),
         }
     }
 
@@ -172,11 +188,15 @@ impl Params {
         match self.take_int(name)? {
             None => Ok(None),
             Some(amount) if amount < 1 => {
-                Err(StripeError::invalid_request("This value must be greater than or equal to 1.").code("parameter_invalid_integer").param(name))
+                Err(StripeError::invalid_request("This value must be greater than or equal to 1.")
+                    .code("parameter_invalid_integer")
+                    .param(name))
             }
-            Some(amount) if amount > 99_999_999 => {
-                Err(StripeError::invalid_request("Amount must be no more than 99999999 in the currency's smallest unit.").code("amount_too_large").param(name))
-            }
+            Some(amount) if amount > 99_999_999 => Err(StripeError::invalid_request(
+                "Amount must be no more than 99999999 in the currency's smallest unit.",
+            )
+            .code("amount_too_large")
+            .param(name)),
             Some(amount) => Ok(Some(amount)),
         }
     }
@@ -199,7 +219,11 @@ impl Params {
         match self.take_nonempty(name)? {
             None => Ok(None),
             Some(value) if allowed.contains(&value.as_str()) => Ok(Some(value)),
-            Some(value) => Err(StripeError::invalid_request(format!("Invalid {name}: must be one of {} (got {value:?})", allowed.join(", "))).param(name)),
+            Some(value) => Err(StripeError::invalid_request(format!(
+                "Invalid {name}: must be one of {} (got {value:?})",
+                allowed.join(", ")
+            ))
+            .param(name)),
         }
     }
 
@@ -209,22 +233,34 @@ impl Params {
             None => return Ok(BTreeMap::new()),
             Some(Param::Str(s)) if s.is_empty() => return Ok(BTreeMap::new()),
             Some(Param::Map(map)) => map,
-            Some(_) => return Err(StripeError::invalid_request("Invalid hash: metadata must be a hash of string keys and values.").param("metadata")),
+            Some(_) => {
+                return Err(StripeError::invalid_request(
+                    "Invalid hash: metadata must be a hash of string keys and values.",
+                )
+                .param("metadata"))
+            }
         };
         if map.len() > METADATA_MAX_KEYS {
-            return Err(StripeError::invalid_request(format!("Metadata can have at most {METADATA_MAX_KEYS} keys.")).param("metadata"));
+            return Err(StripeError::invalid_request(format!("Metadata can have at most {METADATA_MAX_KEYS} keys."))
+                .param("metadata"));
         }
         let mut out = BTreeMap::new();
         for (key, value) in map {
             let param = format!("metadata[{key}]");
             if key.chars().count() > METADATA_MAX_KEY_LEN {
-                return Err(StripeError::invalid_request(format!("Metadata keys can have a maximum length of {METADATA_MAX_KEY_LEN} characters.")).param(param));
+                return Err(StripeError::invalid_request(format!(
+                    "Metadata keys can have a maximum length of {METADATA_MAX_KEY_LEN} characters."
+                ))
+                .param(param));
             }
             match value {
                 // An empty value unsets the key.
                 Param::Str(value) if value.is_empty() => {}
                 Param::Str(value) if value.chars().count() > METADATA_MAX_VALUE_LEN => {
-                    return Err(StripeError::invalid_request(format!("Metadata values can have a maximum length of {METADATA_MAX_VALUE_LEN} characters.")).param(param));
+                    return Err(StripeError::invalid_request(format!(
+                        "Metadata values can have a maximum length of {METADATA_MAX_VALUE_LEN} characters."
+                    ))
+                    .param(param));
                 }
                 Param::Str(value) => {
                     out.insert(key, value);
@@ -257,13 +293,15 @@ fn insert_into(map: &mut BTreeMap<String, Param>, first: &str, rest: &[String], 
                 Ok(())
             }
         },
-        [append] if append.is_empty() => match map.entry(first.to_string()).or_insert_with(|| Param::List(Vec::new())) {
-            Param::List(list) => {
-                list.push(value);
-                Ok(())
+        [append] if append.is_empty() => {
+            match map.entry(first.to_string()).or_insert_with(|| Param::List(Vec::new())) {
+                Param::List(list) => {
+                    list.push(value);
+                    Ok(())
+                }
+                _ => Err(()),
             }
-            _ => Err(()),
-        },
+        }
         [next, tail @ ..] => match map.entry(first.to_string()).or_insert_with(|| Param::Map(BTreeMap::new())) {
             Param::Map(inner) => insert_into(inner, next, tail, value),
             _ => Err(()),
@@ -310,7 +348,20 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_refused() {
-        for body in ["a=%zz", "a=%4", "[x]=1", "a[b=1", "a]=1", "a[b]c=1", "a[][b]=1", "a=1&a=2", "a=1&a[b]=2", "a[b]=1&a=2", "a[b][c][d][e]=1", "a=%FF"] {
+        for body in [
+            "a=%zz",
+            "a=%4",
+            "[x]=1",
+            "a[b=1",
+            "a]=1",
+            "a[b]c=1",
+            "a[][b]=1",
+            "a=1&a=2",
+            "a=1&a[b]=2",
+            "a[b]=1&a=2",
+            "a[b][c][d][e]=1",
+            "a=%FF",
+        ] {
             assert!(decode(body.as_bytes()).is_err(), "{body} should be refused");
         }
         assert!(decode(b"").unwrap().is_empty());

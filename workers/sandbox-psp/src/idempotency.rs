@@ -47,7 +47,10 @@ pub fn validate_key(key: &str) -> Result<(), StripeError> {
         return Err(StripeError::invalid_request("Idempotency-Key must not be empty.").param("Idempotency-Key"));
     }
     if key.chars().count() > MAX_KEY_LEN {
-        return Err(StripeError::invalid_request(format!("Invalid idempotency key: keys can be at most {MAX_KEY_LEN} characters long.")).param("Idempotency-Key"));
+        return Err(StripeError::invalid_request(format!(
+            "Invalid idempotency key: keys can be at most {MAX_KEY_LEN} characters long."
+        ))
+        .param("Idempotency-Key"));
     }
     Ok(())
 }
@@ -105,7 +108,11 @@ mod tests {
             match decide("key-1", Some(&first), &other) {
                 Decision::Conflict(err) => {
                     assert_eq!((err.status, err.kind), (400, ErrorType::IdempotencyError));
-                    assert!(err.message.starts_with("Keys for idempotent requests can only be used"), "{}", err.message);
+                    assert!(
+                        err.message.starts_with("Keys for idempotent requests can only be used"),
+                        "{}",
+                        err.message
+                    );
                     assert!(err.message.contains("'key-1'"));
                 }
                 other => panic!("expected a conflict, got {other:?}"),

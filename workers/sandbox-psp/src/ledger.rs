@@ -120,9 +120,20 @@ pub fn purchase(purchase_id: &str, objects: &[Object], operations: &[Operation],
             let (c, f) = per_currency.iter().next().map(|(c, f)| (c.clone(), *f)).unwrap_or_default();
             (json!(c), json!(f))
         }
-        _ => (json!("mixed"), json!({"authorized": null, "captured": null, "refunded": null, "voided": null, "held": null, "transferred": null, "net": null})),
+        _ => (
+            json!("mixed"),
+            json!({"authorized": null, "captured": null, "refunded": null, "voided": null, "held": null, "transferred": null, "net": null}),
+        ),
     };
-    let refunded_by_pi = |pi: &str| -> i64 { objects.iter().filter_map(|o| match o { Object::Refund(r) if r.payment_intent == pi => Some(r.amount), _ => None }).sum() };
+    let refunded_by_pi = |pi: &str| -> i64 {
+        objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Refund(r) if r.payment_intent == pi => Some(r.amount),
+                _ => None,
+            })
+            .sum()
+    };
     let payment_intents: Vec<Value> = objects
         .iter()
         .filter_map(|o| match o {
@@ -210,10 +221,27 @@ mod tests {
         run(&mut s, &mut n, "POST", &format!("/v1/payment_intents/{a}/capture"), "amount_to_capture=9000");
         run(&mut s, &mut n, "POST", &format!("/v1/payment_intents/{b}/cancel"), "");
         run(&mut s, &mut n, "POST", "/v1/refunds", &format!("payment_intent={a}&amount=500"));
-        run(&mut s, &mut n, "POST", "/v1/transfers", "amount=7000&currency=eur&destination=acct_1&transfer_group=pur_1");
+        run(
+            &mut s,
+            &mut n,
+            "POST",
+            "/v1/transfers",
+            "amount=7000&currency=eur&destination=acct_1&transfer_group=pur_1",
+        );
         let all = s.all().unwrap();
         let f = figures(&all)["eur"];
-        assert_eq!(f, Figures { authorized: 20000, captured: 9000, refunded: 500, voided: 11000, held: 0, transferred: 7000, net: 1500 });
+        assert_eq!(
+            f,
+            Figures {
+                authorized: 20000,
+                captured: 9000,
+                refunded: 500,
+                voided: 11000,
+                held: 0,
+                transferred: 7000,
+                net: 1500
+            }
+        );
         assert_eq!(f.authorized, f.captured + f.voided + f.held);
         let ledger = purchase("pur_1", &all, &[], &[]);
         assert_eq!(ledger["currency"], "eur");
@@ -243,11 +271,18 @@ mod tests {
             last_error: None,
             last_attempt_ms: at,
         };
-        let rows = [d("evt_1", "failed", 25, Some(500), Some(10)), d("evt_2", "pending", 0, None, None), d("evt_1", "delivered", 2, Some(200), Some(20))];
+        let rows = [
+            d("evt_1", "failed", 25, Some(500), Some(10)),
+            d("evt_2", "pending", 0, None, None),
+            d("evt_1", "delivered", 2, Some(200), Some(20)),
+        ];
         let summary = webhooks(&rows);
         assert_eq!(summary.len(), 2);
         assert_eq!(summary[0]["id"], "evt_1");
-        assert_eq!((summary[0]["attempts"].as_i64(), summary[0]["delivered"].as_bool(), summary[0]["last_status"].as_i64()), (Some(27), Some(true), Some(200)));
+        assert_eq!(
+            (summary[0]["attempts"].as_i64(), summary[0]["delivered"].as_bool(), summary[0]["last_status"].as_i64()),
+            (Some(27), Some(true), Some(200))
+        );
         assert_eq!(summary[0]["deliveries"], 2);
         assert_eq!((summary[1]["state"].as_str(), summary[1]["last_status"].is_null()), (Some("pending"), true));
     }

@@ -54,7 +54,8 @@ async fn handle(req: Request, env: Env) -> Result<Response, ApiError> {
         Some("healthz") if segments.len() == 1 => forward(req, &env).await,
         Some("v1") => {
             let authorization = req.headers().get("authorization").ok().flatten();
-            if let Err(err) = auth::check(route::config(&env, "STRIPE_SECRET_KEY").as_deref(), authorization.as_deref()) {
+            if let Err(err) = auth::check(route::config(&env, "STRIPE_SECRET_KEY").as_deref(), authorization.as_deref())
+            {
                 log::event(Level::Warn, SERVICE, "api request refused: bad API key", json!({ "path": req.path() }));
                 return Ok(stripe_json(err.status, &err.body()));
             }
@@ -69,8 +70,13 @@ async fn handle(req: Request, env: Env) -> Result<Response, ApiError> {
         }
         Some("_sandbox") => {
             let authorization = req.headers().get("authorization").ok().flatten();
-            auth::check(route::config(&env, "STRIPE_SECRET_KEY").as_deref(), authorization.as_deref())
-                .map_err(|_| ApiError::unauthorized("the sandbox's own API takes the same `Authorization: Bearer <STRIPE_SECRET_KEY>`"))?;
+            auth::check(route::config(&env, "STRIPE_SECRET_KEY").as_deref(), authorization.as_deref()).map_err(
+                |_| {
+                    ApiError::unauthorized(
+                        "the sandbox's own API takes the same `Authorization: Bearer <STRIPE_SECRET_KEY>`",
+                    )
+                },
+            )?;
             forward(req, &env).await
         }
         _ => Err(ApiError::not_found(format!("no route for {} {}", req.method(), req.path()))),

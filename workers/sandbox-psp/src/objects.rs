@@ -322,7 +322,14 @@ impl Object {
 }
 
 /// The event envelope Stripe posts to webhook endpoints.
-pub fn event_json(id: &str, kind: &str, created: i64, object: &Value, request_id: Option<&str>, idempotency_key: Option<&str>) -> Value {
+pub fn event_json(
+    id: &str,
+    kind: &str,
+    created: i64,
+    object: &Value,
+    request_id: Option<&str>,
+    idempotency_key: Option<&str>,
+) -> Value {
     json!({
         "id": id,
         "object": "event",

@@ -90,7 +90,11 @@ pub fn run(sql: &SqlStorage, query: &str, bindings: Vec<SqlStorageValue>) -> Res
 }
 
 /// Runs a query and deserializes every row.
-pub fn rows<T: DeserializeOwned>(sql: &SqlStorage, query: &str, bindings: Vec<SqlStorageValue>) -> Result<Vec<T>, StoreError> {
+pub fn rows<T: DeserializeOwned>(
+    sql: &SqlStorage,
+    query: &str,
+    bindings: Vec<SqlStorageValue>,
+) -> Result<Vec<T>, StoreError> {
     let cursor = sql.exec(query, bindings).map_err(|e| err(query, e))?;
     cursor.to_array::<T>().map_err(|e| err(query, e))
 }
@@ -124,7 +128,11 @@ pub struct SqlStore<'a> {
 impl SqlStore<'_> {
     /// The objects of a purchase (by `metadata[purchase_id]` or transfer group), oldest first.
     pub fn of_purchase(&self, purchase_id: &str) -> Result<Vec<Object>, StoreError> {
-        decode_docs(rows(self.sql, "SELECT doc FROM objects WHERE purchase_id = ?1 OR transfer_group = ?1 ORDER BY rowid", vec![text(purchase_id)])?)
+        decode_docs(rows(
+            self.sql,
+            "SELECT doc FROM objects WHERE purchase_id = ?1 OR transfer_group = ?1 ORDER BY rowid",
+            vec![text(purchase_id)],
+        )?)
     }
 }
 
@@ -140,12 +148,22 @@ impl Store for SqlStore<'_> {
             "INSERT INTO objects (id, kind, purchase_id, transfer_group, doc) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, purchase_id = excluded.purchase_id,
                  transfer_group = excluded.transfer_group, doc = excluded.doc",
-            vec![text(object.id()), text(object.kind()), opt_text(object.purchase_id()), opt_text(object.transfer_group()), text(doc)],
+            vec![
+                text(object.id()),
+                text(object.kind()),
+                opt_text(object.purchase_id()),
+                opt_text(object.transfer_group()),
+                text(doc),
+            ],
         )
     }
 
     fn in_transfer_group(&self, group: &str) -> Result<Vec<Object>, StoreError> {
-        decode_docs(rows(self.sql, "SELECT doc FROM objects WHERE transfer_group = ? ORDER BY rowid", vec![text(group)])?)
+        decode_docs(rows(
+            self.sql,
+            "SELECT doc FROM objects WHERE transfer_group = ? ORDER BY rowid",
+            vec![text(group)],
+        )?)
     }
 
     fn all(&self) -> Result<Vec<Object>, StoreError> {
@@ -162,12 +180,19 @@ extern "C" {
     /// Runs `callback` in a transaction: committed when it returns, rolled
     /// back (and the exception rethrown) when it throws.
     #[wasm_bindgen(method, catch, js_name = transactionSync)]
-    fn transaction_sync(this: &SyncTransactionStorage, callback: &mut dyn FnMut() -> Result<JsValue, JsValue>) -> Result<JsValue, JsValue>;
+    fn transaction_sync(
+        this: &SyncTransactionStorage,
+        callback: &mut dyn FnMut() -> Result<JsValue, JsValue>,
+    ) -> Result<JsValue, JsValue>;
 }
 
 /// Runs `f` atomically: every write it makes commits together, or none
 /// does when it returns `Err`. `storage_error` turns a runtime failure into `E`.
-pub fn atomically<T, E>(storage: &Storage, f: impl FnOnce() -> Result<T, E>, storage_error: impl FnOnce(String) -> E) -> Result<T, E> {
+pub fn atomically<T, E>(
+    storage: &Storage,
+    f: impl FnOnce() -> Result<T, E>,
+    storage_error: impl FnOnce(String) -> E,
+) -> Result<T, E> {
     let raw: &SyncTransactionStorage = storage.as_raw().unchecked_ref();
     let mut work = Some(f);
     let mut outcome: Option<Result<T, E>> = None;

@@ -173,8 +173,14 @@ mod tests {
         let pi = hold.body["id"].as_str().unwrap().to_string();
         let capture = run(&mut ctx, "POST", &["payment_intents", &pi, "capture"], "");
         let refund = run(&mut ctx, "POST", &["refunds"], &format!("payment_intent={pi}&amount=100"));
-        let transfer = run(&mut ctx, "POST", &["transfers"], "amount=400&currency=eur&destination=acct_1&transfer_group=pur_9");
-        let declined = run(&mut ctx, "POST", &["payment_intents"], "amount=5&currency=eur&payment_method=pm_card_chargeDeclined&confirm=true&metadata[purchase_id]=pur_9");
+        let transfer =
+            run(&mut ctx, "POST", &["transfers"], "amount=400&currency=eur&destination=acct_1&transfer_group=pur_9");
+        let declined = run(
+            &mut ctx,
+            "POST",
+            &["payment_intents"],
+            "amount=5&currency=eur&payment_method=pm_card_chargeDeclined&confirm=true&metadata[purchase_id]=pur_9",
+        );
         let verifier = StripeVerifier::from_secret_list(" whsec_old , whsec_new");
         let secret = first_secret("whsec_new,whsec_old").unwrap();
         for outcome in [hold, capture, refund, transfer, declined] {
@@ -186,7 +192,12 @@ mod tests {
             assert_eq!(decoded.event_type, event.kind);
             assert_eq!(decoded.purchase_id.as_deref(), Some("pur_9"), "{}", event.kind);
             if event.kind != "transfer.created" {
-                assert_eq!(decoded.payment_intent.as_deref().map(|p| p.starts_with("pi_")), Some(true), "{}", event.kind);
+                assert_eq!(
+                    decoded.payment_intent.as_deref().map(|p| p.starts_with("pi_")),
+                    Some(true),
+                    "{}",
+                    event.kind
+                );
             }
         }
     }
@@ -200,7 +211,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_the_base_and_caps_at_a_minute() {
-        assert_eq!((1..=8).map(|a| backoff_ms(1_000, a)).collect::<Vec<_>>(), vec![1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000]);
+        assert_eq!(
+            (1..=8).map(|a| backoff_ms(1_000, a)).collect::<Vec<_>>(),
+            vec![1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000]
+        );
         assert_eq!(backoff_ms(50, 1), 50);
         assert_eq!(backoff_ms(1_000, 200), 60_000);
         assert_eq!(retry_base_ms(Some("250")), 250);
