@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::direct;
 use crate::paths;
 use crate::process::{self, Output, Supervisor};
 use crate::stack::{self, Profile, Secrets};
@@ -55,6 +56,9 @@ struct Options {
     only: Vec<String>,
     /// Durable state (Durable Objects, Workflows, Restate) on /dev/shm.
     tmpfs: bool,
+    /// Drive the wrangler-served systems through `wrangler dev`'s proxy
+    /// instead of their own workerd socket (see `direct.rs`).
+    via_proxy: bool,
 }
 
 impl Options {
@@ -64,12 +68,14 @@ impl Options {
             concurrency: 16,
             only: SYSTEMS.iter().map(|s| s.to_string()).collect(),
             tmpfs: false,
+            via_proxy: false,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
             match arg.as_str() {
                 "--tmpfs" => options.tmpfs = true,
+                "--via-wrangler-proxy" => options.via_proxy = true,
                 "--sagas" => options.sagas = value()?.parse().context("--sagas takes a whole number")?,
                 "--concurrency" => options.concurrency = value()?.parse().context("--concurrency takes a whole number")?,
                 "--only" => {
@@ -78,7 +84,7 @@ impl Options {
                         bail!("--only: unknown system `{bad}` (systems: {})", SYSTEMS.join(","));
                     }
                 }
-                other => bail!("unknown argument `{other}`; usage: cargo xtask bench saga [--sagas N] [--concurrency C] [--tmpfs] [--only engine,full,workflows,restate]"),
+                other => bail!("unknown argument `{other}`; usage: cargo xtask bench saga [--sagas N] [--concurrency C] [--tmpfs] [--via-wrangler-proxy] [--only engine,full,workflows,restate]"),
             }
         }
         if options.sagas == 0 || options.concurrency == 0 {
@@ -102,11 +108,12 @@ pub fn main(args: &[String]) -> Result<()> {
         ensure_peer_modules()?;
     }
     println!(
-        "bench saga: {} sagas per system, {} in flight, warm-up {} each; state on {}; {}",
+        "bench saga: {} sagas per system, {} in flight, warm-up {} each; state on {}; wrangler-served systems {}; {}",
         options.sagas,
         options.concurrency,
         warmup(&options),
         if options.tmpfs { "tmpfs (/dev/shm)" } else { "disk" },
+        if options.via_proxy { "through wrangler's dev proxy" } else { "at their own workerd socket" },
         machine()
     );
     let mut rows = Vec::new();
@@ -412,7 +419,7 @@ fn this_project(tools: &Tools, options: &Options) -> Result<Vec<Row>> {
             }
             let project = Project {
                 http: Http::new(),
-                payments: stack.url("payments"),
+                payments: payments_url(&stack, options)?,
                 checkout: secret("CHECKOUT_TOKEN"),
                 listings,
                 prefix: unique_prefix("full"),
@@ -428,7 +435,7 @@ fn this_project(tools: &Tools, options: &Options) -> Result<Vec<Row>> {
             let listings = (0..8).map(|i| format!("lst_bench{i}")).collect();
             let project = Project {
                 http: Http::new(),
-                payments: stack.url("payments"),
+                payments: payments_url(&stack, options)?,
                 checkout: secret("CHECKOUT_TOKEN"),
                 listings,
                 prefix: unique_prefix("engine"),
@@ -439,6 +446,14 @@ fn this_project(tools: &Tools, options: &Options) -> Result<Vec<Row>> {
     })();
     stack.supervisor.stop_all();
     result
+}
+
+fn payments_url(stack: &stack::Stack, options: &Options) -> Result<String> {
+    if options.via_proxy {
+        Ok(stack.url("payments"))
+    } else {
+        stack.direct_url("payments")
+    }
 }
 
 /// Full mode: where a saga's time goes, from its history (state `from`
@@ -577,6 +592,19 @@ fn workflows(tools: &Tools, options: &Options) -> Result<Row> {
     let http = Http::new();
     let ready = http.wait_answering(&format!("{base}/ready"), Duration::from_secs(120), &mut supervisor);
     step.done();
+    let base = match ready {
+        Ok(()) if !options.via_proxy => {
+            let pgid = supervisor.group_of("workflows").context("the Workflows peer is not running")?;
+            let probe = |port: u16| {
+                http.call("GET", &format!("http://127.0.0.1:{port}/ready"), &[], None).is_ok_and(|(s, _)| s == 200)
+            };
+            match direct::worker_port(pgid, &[WORKFLOWS_PORT, WORKFLOWS_INSPECTOR_PORT], probe) {
+                Some(port) => format!("http://127.0.0.1:{port}"),
+                None => bail!("could not find the Workflows peer's own workerd socket behind wrangler's proxy"),
+            }
+        }
+        _ => base,
+    };
     let result = ready.map(|()| {
         let prefix = unique_prefix("wf");
         measure("Cloudflare Workflows (wrangler 4.86)", options, &|i| {

@@ -4,6 +4,7 @@ mod bench_ads;
 mod bench_saga;
 mod crash;
 mod demo;
+mod direct;
 mod paths;
 mod postgres;
 mod process;

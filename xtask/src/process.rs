@@ -188,6 +188,11 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The process group of a running child (its pid: each is a group leader).
+    pub fn group_of(&self, name: &str) -> Option<i32> {
+        self.children.iter().find(|m| m.name == name).map(|m| m.child.id() as i32)
+    }
+
     pub fn is_running(&mut self, name: &str) -> bool {
         self.children.iter_mut().find(|m| m.name == name).is_some_and(|m| matches!(m.child.try_wait(), Ok(None)))
     }

@@ -199,6 +199,32 @@ impl Stack {
         format!("http://127.0.0.1:{}", self.ports.of(worker))
     }
 
+    /// The Worker's own workerd socket, without wrangler's dev proxy in
+    /// front (see `direct.rs`); benchmarks use it to measure at the Worker.
+    pub fn direct_url(&self, worker: &str) -> Result<String> {
+        let pgid = self.supervisor.group_of(worker).with_context(|| format!("{worker} is not running"))?;
+        let index = WORKERS.iter().position(|w| *w == worker).unwrap_or(0) as u16;
+        let skip = [self.ports.of(worker), self.ports.inspector_base + index];
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        // Any status will do (a degraded check answers 503): the body names the service.
+        let probe = |port: u16| {
+            agent
+                .get(&format!("http://127.0.0.1:{port}/healthz"))
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_to_string().ok())
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .is_some_and(|body| body["service"] == worker)
+        };
+        let port = crate::direct::worker_port(pgid, &skip, probe)
+            .with_context(|| format!("could not find {worker}'s own workerd socket behind wrangler's proxy"))?;
+        Ok(format!("http://127.0.0.1:{port}"))
+    }
+
     /// SIGKILLs a Worker's wrangler and workerd (a crash, not a shutdown),
     /// then starts it again on the same persisted state and waits until it
     /// answers. For the crash drill.
