@@ -586,6 +586,8 @@ fn workflows(tools: &Tools, options: &Options) -> Result<Row> {
         .env("WRANGLER_SEND_METRICS", "false")
         .env("WRANGLER_REGISTRY_PATH", dir.join("registry"))
         .env("NO_COLOR", "1");
+    // Like the stack this project is measured on (see workers::Serve::devtools).
+    workers::without_devtools(&mut command);
     let step = ui::step(format!("starting the Workflows peer on 127.0.0.1:{WORKFLOWS_PORT} (wrangler dev)"));
     supervisor.spawn_contained("workflows", command, &dir.join("wrangler.log"), Output::LogFile, libc::SIGTERM)?;
     let base = format!("http://127.0.0.1:{WORKFLOWS_PORT}");
@@ -596,7 +598,9 @@ fn workflows(tools: &Tools, options: &Options) -> Result<Row> {
         Ok(()) if !options.via_proxy => {
             let pgid = supervisor.group_of("workflows").context("the Workflows peer is not running")?;
             let probe = |port: u16| {
-                http.call("GET", &format!("http://127.0.0.1:{port}/ready"), &[], None).is_ok_and(|(s, _)| s == 200)
+                // The peer answers any unknown path with its own JSON 404.
+                http.call("GET", &format!("http://127.0.0.1:{port}/ready"), &[], None)
+                    .is_ok_and(|(status, body)| status == 404 && body["error"] == "not found")
             };
             match direct::worker_port(pgid, &[WORKFLOWS_PORT, WORKFLOWS_INSPECTOR_PORT], probe) {
                 Some(port) => format!("http://127.0.0.1:{port}"),

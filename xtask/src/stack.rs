@@ -185,6 +185,7 @@ pub struct Stack {
     registry: PathBuf,
     logs: PathBuf,
     output: Output,
+    devtools: bool,
 }
 
 /// How a Worker was started, so a crash drill can start it again the same way.
@@ -240,6 +241,7 @@ impl Stack {
             state_dir: &self.state,
             registry_dir: &self.registry,
             vars: &launch.vars,
+            devtools: self.devtools,
         };
         let command = workers::wrangler_dev(tools, &serve);
         self.supervisor.spawn_contained(
@@ -345,12 +347,15 @@ pub fn start(profile: Profile, tools: &Tools, fresh: bool, secrets: &Secrets) ->
             state_dir: &state,
             registry_dir: &registry,
             vars: &vars,
+            devtools: profile == Profile::Dev,
         };
         let command = workers::wrangler_dev(tools, &serve);
         supervisor.spawn_contained(worker, command, &logs.join(format!("{worker}.log")), output, libc::SIGTERM)?;
         launches.push(Launch { worker, index: i as u16, vars });
     }
-    let mut stack = Stack { ports, database_url, supervisor, launches, state, registry, logs: logs.clone(), output };
+    let devtools = profile == Profile::Dev;
+    let mut stack =
+        Stack { ports, database_url, supervisor, launches, state, registry, logs: logs.clone(), output, devtools };
     for worker in WORKERS {
         let step = ui::step(format!("waiting for {worker} on {}", stack.url(worker)));
         wait_healthy(&mut stack, worker, &logs)?;

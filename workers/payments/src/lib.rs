@@ -34,8 +34,34 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
     respond(handle(req, env).await)
 }
 
+thread_local! {
+    /// Vars and secrets, each read from `env` once: they never change while
+    /// an isolate lives (a deployment or a `wrangler dev` reload starts a new
+    /// one), and every read is a call across the Wasm boundary.
+    static CONFIG: std::cell::RefCell<std::collections::HashMap<String, Option<String>>> = Default::default();
+    /// The saga built from that configuration, shared by the isolate's objects.
+    static SAGA: std::cell::OnceCell<Result<steps::PurchaseSaga, String>> = const { std::cell::OnceCell::new() };
+}
+
 pub(crate) fn config_var(env: &Env, name: &str) -> Option<String> {
-    route::config(env, name)
+    if let Some(value) = CONFIG.with(|c| c.borrow().get(name).cloned()) {
+        return value;
+    }
+    let value = route::config(env, name);
+    CONFIG.with(|c| c.borrow_mut().insert(name.to_string(), value.clone()));
+    value
+}
+
+/// The purchase saga of this isolate's configuration (an error names the bad setting).
+pub(crate) fn saga(env: &Env) -> Result<steps::PurchaseSaga, String> {
+    SAGA.with(|cell| {
+        cell.get_or_init(|| {
+            saga_config(env)
+                .map_err(|e| e.to_string())
+                .and_then(|config| steps::PurchaseSaga::new(config).map_err(|e| e.to_string()))
+        })
+        .clone()
+    })
 }
 
 pub(crate) fn saga_config(env: &Env) -> Result<steps::PurchaseConfig, config::ConfigError> {

@@ -1,11 +1,14 @@
 //! `PurchaseObject`: one SQLite-backed Durable Object per purchase, a thin
 //! shell around the pure saga in `steps`.
 //!
-//! For every input it (1) applies it to the saga, (2) persists the new state
-//! and its outbox of pending effects in one synchronous storage write, and
-//! (3) sets the alarm, all before (4) performing any effect and feeding the
-//! result back the same way. Steps 1-3 contain no `await`, so requests that
-//! interleave while this object awaits a `fetch` never see half a transition.
+//! For every input it (1) applies it to the saga in memory, and before any
+//! effect that leaves the object it (2) persists the record, whose saga state
+//! is also the outbox (the effects in flight, each with its idempotency key),
+//! in one synchronous statement, and (3) sets the alarm as a safety net; only
+//! then (4) does it perform the effect and feed the result back the same way.
+//! Between two `await`s nothing else runs, so requests that interleave while
+//! this object awaits a `fetch` never see half a transition, and transitions
+//! that need no I/O (a webhook, an inline effect) share one write.
 //! After an isolate restart the first touch feeds `Resume`, which hands back
 //! every effect that may have been in flight; it is performed again under the
 //! same idempotency key, so the provider executes it once.
@@ -66,6 +69,8 @@ pub struct PurchaseObject {
     /// The record as last persisted; `None` until loaded (or if none exists).
     cache: RefCell<Option<Record>>,
     loaded: Cell<bool>,
+    /// The cached record has transitions not yet written to storage.
+    dirty: Cell<bool>,
     /// Idempotency keys being performed by this isolate right now.
     performing: RefCell<HashSet<String>>,
     mirrored: Cell<u64>,
@@ -76,15 +81,14 @@ pub struct PurchaseObject {
 
 impl DurableObject for PurchaseObject {
     fn new(state: State, env: Env) -> Self {
-        let saga = crate::saga_config(&env)
-            .map_err(|e| e.to_string())
-            .and_then(|config| PurchaseSaga::new(config).map_err(|e| e.to_string()));
+        let saga = crate::saga(&env);
         let object = PurchaseObject {
             state,
             env,
             saga,
             cache: RefCell::new(None),
             loaded: Cell::new(false),
+            dirty: Cell::new(false),
             performing: RefCell::new(HashSet::new()),
             mirrored: Cell::new(0),
             alarm: Cell::new(None),
@@ -147,22 +151,16 @@ impl DurableObject for PurchaseObject {
 
 impl PurchaseObject {
     fn create_tables(&self) -> worker::Result<()> {
-        let sql = self.state.storage().sql();
-        sql.exec(
+        // The record's saga state is also the outbox: `pending_effects` and
+        // `Resume` derive the effects in flight from it, so one row is one
+        // atomic write. (Objects created before this kept an `outbox` table
+        // that nothing reads.)
+        self.state.storage().sql().exec(
             "CREATE TABLE IF NOT EXISTS record (
                 id INTEGER PRIMARY KEY CHECK (id = 1),
                 body TEXT NOT NULL,
                 revision INTEGER NOT NULL,
                 mirrored_revision INTEGER NOT NULL DEFAULT 0
-            )",
-            None,
-        )?;
-        // The outbox: effects issued and not yet answered, with their stable
-        // idempotency keys. Rewritten with the record in the same write.
-        sql.exec(
-            "CREATE TABLE IF NOT EXISTS outbox (
-                idempotency_key TEXT PRIMARY KEY,
-                effect TEXT NOT NULL
             )",
             None,
         )?;
@@ -230,6 +228,8 @@ impl PurchaseObject {
         let view = self.cache.borrow().as_ref().map(|r| record::view(saga, r));
         match view {
             Some(view) => Ok(json_response(status, &view)),
+            // `flush` failed and forgot the unwritten state.
+            None if !self.loaded.get() => Err(ApiError::internal("the purchase could not be stored; retry the request")),
             None => Err(ApiError::not_found("no such purchase")),
         }
     }
@@ -329,8 +329,8 @@ impl PurchaseObject {
             fingerprint: request.fingerprint(),
             created_at: now,
         };
-        self.persist(&record, &tr.effects).map_err(|e| ApiError::internal(e.to_string()))?;
         *self.cache.borrow_mut() = Some(record);
+        self.dirty.set(true);
         self.log(Level::Info, "purchase created", json!({ "amount": total, "listing_id": request.listing_id }));
         Ok(Created::New(tr))
     }
@@ -396,54 +396,76 @@ impl PurchaseObject {
         Ok(outcome)
     }
 
-    /// Feeds one input to the saga and persists the result. Synchronous on
-    /// purpose: no other request can run between the transition and its write.
+    /// Feeds one input to the saga. The new state is written by the next
+    /// [`PurchaseObject::flush`], which comes before anything leaves the object.
     fn apply(&self, saga: &PurchaseSaga, input: PurchaseInput) -> Result<steps::PurchaseTransition, PurchaseError> {
         let mut cache = self.cache.borrow_mut();
         let record = cache.as_mut().ok_or_else(|| PurchaseError::Stored("no purchase loaded".into()))?;
         let before = record.revision();
         let tr = saga.handle(&mut record.purchase, now(), input)?;
         if record.revision() != before {
-            if let Err(e) = self.persist(record, &saga.pending_effects(&record.purchase)) {
-                // Memory ran ahead of storage: forget it, reload next time.
-                *cache = None;
-                self.loaded.set(false);
-                return Err(e);
-            }
+            self.dirty.set(true);
         }
         Ok(tr)
     }
 
-    fn persist(&self, record: &Record, pending: &[steps::PurchaseEffect]) -> Result<(), PurchaseError> {
-        let stored = |e: worker::Error| PurchaseError::Stored(format!("writing the record: {e}"));
-        let body = serde_json::to_string(record).map_err(|e| PurchaseError::Stored(e.to_string()))?;
-        let sql = self.state.storage().sql();
-        sql.exec(
-            "INSERT INTO record (id, body, revision) VALUES (1, ?, ?)
-             ON CONFLICT (id) DO UPDATE SET body = excluded.body, revision = excluded.revision",
-            vec![body.into(), (record.revision() as i64).into()],
-        )
-        .map_err(stored)?;
-        sql.exec("DELETE FROM outbox", None).map_err(stored)?;
-        for effect in pending {
-            let text = serde_json::to_string(effect).map_err(|e| PurchaseError::Stored(e.to_string()))?;
-            sql.exec(
-                "INSERT OR REPLACE INTO outbox (idempotency_key, effect) VALUES (?, ?)",
-                vec![effect.idempotency_key.clone().into(), text.into()],
-            )
-            .map_err(stored)?;
+    /// Writes the record if it changed since the last write: one statement,
+    /// so a transition is stored whole or not at all. On failure memory has
+    /// run ahead of storage: forget it, so the next touch reloads.
+    fn flush(&self) -> Result<(), PurchaseError> {
+        if !self.dirty.get() {
+            return Ok(());
         }
-        Ok(())
+        let mut cache = self.cache.borrow_mut();
+        let Some(record) = cache.as_ref() else {
+            self.dirty.set(false);
+            return Ok(());
+        };
+        let stored = |e: worker::Error| PurchaseError::Stored(format!("writing the record: {e}"));
+        let result = serde_json::to_string(record).map_err(|e| PurchaseError::Stored(e.to_string())).and_then(|body| {
+            self.state
+                .storage()
+                .sql()
+                .exec(
+                    "INSERT INTO record (id, body, revision) VALUES (1, ?, ?)
+                     ON CONFLICT (id) DO UPDATE SET body = excluded.body, revision = excluded.revision",
+                    vec![body.into(), (record.revision() as i64).into()],
+                )
+                .map(|_| ())
+                .map_err(stored)
+        });
+        match result {
+            Ok(()) => self.dirty.set(false),
+            Err(_) => {
+                *cache = None;
+                self.loaded.set(false);
+                self.dirty.set(false);
+            }
+        }
+        result
     }
 
     /// Performs effects until none is left, feeding each result back, then
-    /// brings the operators' mirror up to date and sets the alarm.
+    /// writes the record, brings the operators' mirror up to date and sets
+    /// the alarm. Before an effect that does I/O the record is written and
+    /// the safety-net alarm set; effects answered inline (the engine
+    /// benchmark) need neither, since nothing can interleave or crash
+    /// between their transitions.
     async fn run(&self, saga: &PurchaseSaga, effects: Vec<steps::PurchaseEffect>) {
-        if !effects.is_empty() {
-            self.schedule(saga, true).await;
-        }
+        let inline = effects::engine_bench_mode(&self.env);
         let mut queue: VecDeque<_> = effects.into();
+        let mut safety_net_set = false;
         while let Some(effect) = queue.pop_front() {
+            if !inline {
+                if let Err(e) = self.flush() {
+                    self.log(Level::Error, "could not write the record; the alarm retries", json!({ "error": e.to_string() }));
+                    return;
+                }
+                if !safety_net_set {
+                    self.schedule(saga, true).await;
+                    safety_net_set = true;
+                }
+            }
             if !self.performing.borrow_mut().insert(effect.idempotency_key.clone()) {
                 continue; // another request of this isolate is performing it
             }
@@ -481,6 +503,10 @@ impl PurchaseObject {
                     json!({ "key": effect.idempotency_key, "error": e.to_string() }),
                 ),
             }
+        }
+        if let Err(e) = self.flush() {
+            self.log(Level::Error, "could not write the record; the alarm retries", json!({ "error": e.to_string() }));
+            return;
         }
         self.sync_mirror(saga).await;
         self.schedule(saga, false).await;
