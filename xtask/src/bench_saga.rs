@@ -817,6 +817,37 @@ fn print_table(options: &Options, rows: &[Row]) {
         for (what, ms) in &full.phases {
             println!("  {ms:>8.1}  {what}");
         }
+        let total = mean_ms(&full.latencies);
+        let mut shares = [
+            ("PostgreSQL (reserve, mark sold: marketplace Worker + SQL)", 0.0),
+            ("the sandbox provider (hold, capture, transfer, webhooks)", 0.0),
+            ("the saga and the client's next request", 0.0),
+        ];
+        for (what, ms) in &full.phases {
+            shares[phase_owner(what)].1 += ms;
+        }
+        let outside = (total - shares.iter().map(|(_, ms)| ms).sum::<f64>()).max(0.0);
+        println!("full mode, share of start-to-complete time:");
+        for (who, ms) in
+            shares.iter().chain(std::iter::once(&("outside the history (HTTP in and out, polling)", outside)))
+        {
+            println!("  {:>5.1} %  {ms:>7.1} ms  {who}", 100.0 * ms / total.max(f64::EPSILON));
+        }
+    }
+}
+
+/// Which part of the system a history phase waited on: 0 PostgreSQL, 1 the
+/// sandbox provider, 2 the saga itself (and the client's next command).
+fn phase_owner(phase: &str) -> usize {
+    if phase.contains("reserve_listing") || phase.contains("mark_sold") {
+        0
+    } else if ["hold_funds", "capture_funds", "release_funds", "event payment_intent", "event charge", "event transfer"]
+        .iter()
+        .any(|k| phase.contains(k))
+    {
+        1
+    } else {
+        2
     }
 }
 

@@ -186,6 +186,8 @@ pub struct Stack {
     logs: PathBuf,
     output: Output,
     devtools: bool,
+    /// Test stacks serve a copy of the builds (see `workers::Serve::snapshot`).
+    snapshot: Option<PathBuf>,
 }
 
 /// How a Worker was started, so a crash drill can start it again the same way.
@@ -242,6 +244,7 @@ impl Stack {
             registry_dir: &self.registry,
             vars: &launch.vars,
             devtools: self.devtools,
+            snapshot: self.snapshot.as_deref(),
         };
         let command = workers::wrangler_dev(tools, &serve);
         self.supervisor.spawn_contained(
@@ -316,6 +319,15 @@ pub fn start(profile: Profile, tools: &Tools, fresh: bool, secrets: &Secrets) ->
     let registry = dir.join("registry");
     let state = dir.join("state");
     fs::create_dir_all(&registry)?;
+    // Development hot-reloads what `cargo xtask build` writes; tests and
+    // benchmarks keep serving the build they started with.
+    let snapshot = if profile == Profile::Test {
+        let folder = dir.join("serve");
+        workers::snapshot(&folder)?;
+        Some(folder)
+    } else {
+        None
+    };
     let output = if profile == Profile::Dev { Output::LogFileAndTerminal } else { Output::LogFile };
     let mut launches = Vec::new();
     for (i, worker) in WORKERS.iter().enumerate() {
@@ -348,14 +360,25 @@ pub fn start(profile: Profile, tools: &Tools, fresh: bool, secrets: &Secrets) ->
             registry_dir: &registry,
             vars: &vars,
             devtools: profile == Profile::Dev,
+            snapshot: snapshot.as_deref(),
         };
         let command = workers::wrangler_dev(tools, &serve);
         supervisor.spawn_contained(worker, command, &logs.join(format!("{worker}.log")), output, libc::SIGTERM)?;
         launches.push(Launch { worker, index: i as u16, vars });
     }
     let devtools = profile == Profile::Dev;
-    let mut stack =
-        Stack { ports, database_url, supervisor, launches, state, registry, logs: logs.clone(), output, devtools };
+    let mut stack = Stack {
+        ports,
+        database_url,
+        supervisor,
+        launches,
+        state,
+        registry,
+        logs: logs.clone(),
+        output,
+        devtools,
+        snapshot,
+    };
     for worker in WORKERS {
         let step = ui::step(format!("waiting for {worker} on {}", stack.url(worker)));
         wait_healthy(&mut stack, worker, &logs)?;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::paths;
 use crate::process::run;
@@ -49,10 +49,48 @@ pub struct Serve<'a> {
     /// inspector's proxy Worker, which on 2 cores cost more CPU than the
     /// Worker itself (measured: 223 vs 501 purchases created/s).
     pub devtools: bool,
+    /// Serve the copy of the Worker made by [`snapshot`] in this folder
+    /// instead of `workers/<name>/build`, which wrangler watches: a build in
+    /// this checkout meanwhile (a developer, another test run) must not
+    /// hot-reload a test or benchmark stack in the middle of a run.
+    pub snapshot: Option<&'a Path>,
+}
+
+/// Copies each Worker's `wrangler.toml` and `build/` into `dir/<worker>/`
+/// (the config names its entry point relative to itself).
+pub fn snapshot(dir: &Path) -> Result<()> {
+    for worker in WORKERS {
+        let from = paths::root().join("workers").join(worker);
+        let to = dir.join(worker);
+        let _ = std::fs::remove_dir_all(&to);
+        std::fs::create_dir_all(&to)?;
+        std::fs::copy(from.join("wrangler.toml"), to.join("wrangler.toml"))
+            .with_context(|| format!("copying {worker}'s wrangler.toml"))?;
+        copy_tree(&from.join("build"), &to.join("build"))
+            .with_context(|| format!("copying {worker}'s build (run `cargo xtask build`)"))?;
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 pub fn wrangler_dev(tools: &Tools, serve: &Serve) -> Command {
-    let config = paths::root().join("workers").join(serve.worker).join("wrangler.toml");
+    let config = match serve.snapshot {
+        Some(dir) => dir.join(serve.worker).join("wrangler.toml"),
+        None => paths::root().join("workers").join(serve.worker).join("wrangler.toml"),
+    };
     let mut command = Command::new("node");
     command
         .args(["--no-warnings", "--experimental-vm-modules"])
