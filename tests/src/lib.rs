@@ -8,7 +8,9 @@
 //! `docs/openapi.yaml` ([`openapi::check`]); an answer that breaks it fails
 //! the test, naming the operation, the status, what is wrong and the body.
 
+pub mod money;
 pub mod openapi;
+pub mod shop;
 
 use std::time::Duration;
 

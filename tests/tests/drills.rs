@@ -11,7 +11,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use e2e::{listing_body, post, secret, send, send_raw, send_with, service_url, Reply};
+use e2e::shop::{
+    buyer, checkout_token, ledger, listing, operator, ops_token, payments, purchase, stripe_key, unique, wait_until,
+};
+use e2e::{listing_body, money, secret, send, send_raw, service_url, shop, Reply};
 use serde_json::{json, Value};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -43,19 +46,6 @@ impl Drop for Drill<'_> {
     }
 }
 
-fn payments() -> String {
-    service_url("payments")
-}
-fn checkout_token() -> String {
-    secret("CHECKOUT_TOKEN")
-}
-fn ops_token() -> String {
-    secret("OPS_TOKEN")
-}
-fn stripe_key() -> String {
-    secret("STRIPE_SECRET_KEY")
-}
-
 fn set_chaos(settings: Value) {
     let reply =
         send("POST", &format!("{}/_sandbox/chaos", service_url("sandbox-psp")), Some(&stripe_key()), Some(&settings));
@@ -66,127 +56,21 @@ fn reset_chaos() {
     let _ = send("DELETE", &format!("{}/_sandbox/chaos", service_url("sandbox-psp")), Some(&stripe_key()), None);
 }
 
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{prefix}-{nanos}-{}", COUNTER.fetch_add(1, Ordering::SeqCst))
-}
-
 fn create_listing(price: &str, quantity: i64) -> String {
-    let body = listing_body(json!({ "price": {"value": price, "currency": "EUR"}, "quantity": quantity }));
-    let reply = post(&format!("{}/v1/listings", service_url("marketplace")), &ops_token(), &body);
-    assert_eq!(reply.status, 201, "{:?}", reply.body);
-    reply.body["id"].as_str().expect("listing id").to_string()
-}
-
-fn listing(id: &str) -> Value {
-    let reply = send("GET", &format!("{}/v1/listings/{id}", service_url("marketplace")), None, None);
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
-    reply.body
+    shop::create_listing(json!({ "price": {"value": price, "currency": "EUR"}, "quantity": quantity }))
 }
 
 fn checkout(key: &str, listing_id: &str, payment_method: &str) -> Reply {
-    let body = json!({ "listing_id": listing_id, "buyer_id": "buyer_drill", "payment_method": payment_method });
-    send_with(
-        "POST",
-        &format!("{}/v1/purchases", payments()),
-        Some(&checkout_token()),
-        &[("idempotency-key", key)],
-        Some(&body),
-    )
-}
-
-fn purchase(id: &str) -> Value {
-    let reply = send("GET", &format!("{}/v1/purchases/{id}", payments()), Some(&checkout_token()), None);
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
-    reply.body
-}
-
-fn state_of(id: &str) -> String {
-    purchase(id)["state"].as_str().unwrap_or_default().to_string()
-}
-
-const FINISHED: [&str; 4] = ["completed", "refunded", "cancelled", "needs_attention"];
-
-/// Polls until the purchase is in one of `states`.
-fn wait_until(id: &str, states: &[&str], within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let p = purchase(id);
-        let state = p["state"].as_str().unwrap_or_default();
-        if states.contains(&state) {
-            return p;
-        }
-        if FINISHED.contains(&state) || Instant::now() > deadline {
-            panic!("purchase {id} is `{state}`, expected one of {states:?}:\n{p:#}");
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn buyer(id: &str, action: &str) -> Reply {
-    send("POST", &format!("{}/v1/purchases/{id}/{action}", payments()), Some(&checkout_token()), None)
-}
-
-fn operator(id: &str, command: &str, body: Option<&Value>) -> Reply {
-    send("POST", &format!("{}/v1/ops/purchases/{id}/{command}", payments()), Some(&ops_token()), body)
-}
-
-fn ledger(purchase_id: &str) -> Value {
-    let url = format!("{}/_sandbox/ledger?purchase_id={purchase_id}", service_url("sandbox-psp"));
-    let reply = send("GET", &url, Some(&stripe_key()), None);
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
-    reply.body
-}
-
-fn minor(money: &Value) -> i64 {
-    let value = money["value"].as_str().expect("money value");
-    let (whole, frac) = value.split_once('.').unwrap_or((value, ""));
-    format!("{whole}{frac}").parse().expect("decimal")
-}
-
-fn int(v: &Value, field: &str) -> i64 {
-    v[field].as_i64().unwrap_or_else(|| panic!("ledger field {field} missing: {v:#}"))
+    shop::checkout(key, &shop::order(listing_id, "buyer_drill", payment_method))
 }
 
 /// The money rules every finished purchase must obey at the provider.
 fn check_money(p: &Value) -> Result<(), String> {
-    let id = p["id"].as_str().unwrap_or_default();
-    let l = ledger(id);
-    let (captured, refunded, voided, transferred) =
-        (int(&l, "captured"), int(&l, "refunded"), int(&l, "voided"), int(&l, "transferred"));
-    let total = minor(&p["amount"]);
-    let fail = |what: &str| Err(format!("{id} ({}): {what}; ledger {l}", p["state"]));
-    for op in l["operations"].as_array().into_iter().flatten() {
-        if op["executions"] != 1 {
-            return fail(&format!("operation {} executed {} times", op["idempotency_key"], op["executions"]));
-        }
-    }
-    if refunded > captured {
-        return fail("refunded more than captured");
-    }
-    match p["state"].as_str() {
-        Some("completed") => {
-            if captured != total || refunded != 0 || transferred != minor(&p["seller_payout"]) {
-                return fail(
-                    "a completed purchase must capture the total and pay the seller total minus fee, exactly once",
-                );
-            }
-        }
-        Some("refunded") => {
-            if transferred != 0 || captured != refunded || voided + refunded != total {
-                return fail("a refunded purchase must return everything it held and pay nobody");
-            }
-        }
-        Some("cancelled") => {
-            if captured != 0 || transferred != 0 {
-                return fail("a cancelled purchase must not have taken money");
-            }
-        }
-        other => return fail(&format!("not finished: {other:?}")),
-    }
-    Ok(())
+    money::check(p, &ledger(p["id"].as_str().unwrap_or_default()))
+}
+
+fn state_of(id: &str) -> String {
+    purchase(id)["state"].as_str().unwrap_or_default().to_string()
 }
 
 /// The inspection window ran out (a timer moved the purchase out of

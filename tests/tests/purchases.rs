@@ -4,32 +4,21 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{listing_body, post, secret, send, send_with, service_url, Reply};
+use e2e::money::minor;
+use e2e::shop::{
+    self, buyer, checkout, checkout_token, create_listing, ledger, operator, ops_token, payments, purchase, unique,
+};
+use e2e::{send, send_with, service_url, Reply};
 use serde_json::{json, Value};
 
-fn payments() -> String {
-    service_url("payments")
+/// Polls until the purchase is in `state`; fails at once if it finishes in
+/// another one.
+fn wait_for(id: &str, state: &str, within: Duration) -> Value {
+    shop::wait_until(id, &[state], within)
 }
 
-fn checkout_token() -> String {
-    secret("CHECKOUT_TOKEN")
-}
-
-fn ops_token() -> String {
-    secret("OPS_TOKEN")
-}
-
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{prefix}-{nanos}-{}", COUNTER.fetch_add(1, Ordering::SeqCst))
-}
-
-fn create_listing(patch: Value) -> String {
-    let reply = post(&format!("{}/v1/listings", service_url("marketplace")), &ops_token(), &listing_body(patch));
-    assert_eq!(reply.status, 201, "{:?}", reply.body);
-    reply.body["id"].as_str().expect("listing id").to_string()
+fn order(listing_id: &str, payment_method: &str) -> Value {
+    shop::order(listing_id, "buyer_e2e", payment_method)
 }
 
 fn listing_available(id: &str) -> i64 {
@@ -38,59 +27,9 @@ fn listing_available(id: &str) -> i64 {
     reply.body["available"].as_i64().expect("available")
 }
 
-/// `POST /v1/purchases` with an Idempotency-Key.
-fn checkout(key: &str, body: &Value) -> Reply {
-    send_with_key("POST", &format!("{}/v1/purchases", payments()), Some(&checkout_token()), Some(key), Some(body))
-}
-
 fn send_with_key(method: &str, url: &str, token: Option<&str>, key: Option<&str>, body: Option<&Value>) -> Reply {
     let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
     send_with(method, url, token, &headers, body)
-}
-
-fn purchase(id: &str) -> Value {
-    let reply = send("GET", &format!("{}/v1/purchases/{id}", payments()), Some(&checkout_token()), None);
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
-    reply.body
-}
-
-/// Polls until the purchase is in `state`; fails at once if it finishes in
-/// another one.
-fn wait_for(id: &str, state: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let p = purchase(id);
-        let now = p["state"].as_str().unwrap_or_default().to_string();
-        if now == state {
-            return p;
-        }
-        let finished = matches!(now.as_str(), "completed" | "refunded" | "cancelled" | "needs_attention");
-        if finished || Instant::now() > deadline {
-            panic!("purchase {id} is `{now}`, expected `{state}`:\n{p:#}");
-        }
-        std::thread::sleep(Duration::from_millis(150));
-    }
-}
-
-fn buyer(id: &str, action: &str) -> Reply {
-    send("POST", &format!("{}/v1/purchases/{id}/{action}", payments()), Some(&checkout_token()), None)
-}
-
-fn operator(id: &str, command: &str, body: Option<&Value>) -> Reply {
-    send("POST", &format!("{}/v1/ops/purchases/{id}/{command}", payments()), Some(&ops_token()), body)
-}
-
-fn ledger(purchase_id: &str) -> Value {
-    let url = format!("{}/_sandbox/ledger?purchase_id={purchase_id}", service_url("sandbox-psp"));
-    let reply = send("GET", &url, Some(&secret("STRIPE_SECRET_KEY")), None);
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
-    reply.body
-}
-
-fn minor(money: &Value) -> i64 {
-    let value = money["value"].as_str().expect("money value");
-    let (whole, frac) = value.split_once('.').unwrap_or((value, ""));
-    format!("{whole}{frac}").parse().expect("decimal")
 }
 
 /// Every operation the provider saw for this purchase ran exactly once,
@@ -99,10 +38,6 @@ fn assert_each_key_executed_once(ledger: &Value) {
     for op in ledger["operations"].as_array().expect("operations") {
         assert_eq!(op["executions"], 1, "{op}");
     }
-}
-
-fn order(listing_id: &str, payment_method: &str) -> Value {
-    json!({ "listing_id": listing_id, "buyer_id": "buyer_e2e", "quantity": 1, "payment_method": payment_method })
 }
 
 #[test]

@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
+// Pure rules shared with the e2e crate without depending on it (its OpenAPI
+// checker would make every first `cargo xtask` compile a JSON Schema engine).
+#[path = "../../tests/src/money.rs"]
+mod money;
+
 use crate::stack::{self, Profile, Secrets, Stack};
 use crate::tools::Tools;
 use crate::ui;
@@ -148,37 +153,13 @@ fn window_passed(purchase: &Value) -> bool {
         .any(|h| h["input"] == "timer" && h["from"] == "awaiting_delivery" && h["to"] == "releasing")
 }
 
-fn minor(money: &Value) -> i64 {
-    let value = money["value"].as_str().unwrap_or("0");
-    let (whole, frac) = value.split_once('.').unwrap_or((value, ""));
-    format!("{whole}{frac}").parse().unwrap_or(-1)
-}
-
-/// The money rules of a finished purchase, read from the provider's ledger.
+/// The money rules of a finished purchase, read from the provider's ledger:
+/// the same rules as the e2e tests' (one file, compiled into both).
 fn check_money(client: &Client, p: &Value) -> Result<(), String> {
     let id = p["id"].as_str().unwrap_or_default();
-    let (_, l) =
+    let (_, ledger) =
         client.call("GET", &format!("{}/_sandbox/ledger?purchase_id={id}", client.sandbox), &client.stripe, None, None);
-    let get = |k: &str| l[k].as_i64().unwrap_or(-1);
-    let (captured, refunded, voided, transferred) =
-        (get("captured"), get("refunded"), get("voided"), get("transferred"));
-    let total = minor(&p["amount"]);
-    for op in l["operations"].as_array().into_iter().flatten() {
-        if op["executions"] != 1 {
-            return Err(format!("{id}: operation {} executed {} times", op["idempotency_key"], op["executions"]));
-        }
-    }
-    let ok = match p["state"].as_str() {
-        Some("completed") => captured == total && refunded == 0 && transferred == minor(&p["seller_payout"]),
-        Some("refunded") => transferred == 0 && captured == refunded && voided + refunded == total,
-        Some("cancelled") => captured == 0 && transferred == 0,
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{id} ({}): money rules broken; ledger {l}", p["state"]))
-    }
+    money::check(p, &ledger)
 }
 
 pub fn run(tools: &Tools) -> Result<()> {
