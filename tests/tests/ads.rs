@@ -242,6 +242,40 @@ fn frequency_cap_limits_each_user() {
     assert_eq!(ad(&format!("placement=feed&user={}&species={species}", unique("bob"))).status, 200);
 }
 
+/// Capped impressions reach the user's shard object with the background
+/// sync (other isolates load them from there); impressions of uncapped
+/// campaigns are not kept, no cap needs them.
+#[test]
+fn capped_impressions_reach_the_users_shard() {
+    let species = unique("shard");
+    let capped = unique("cmp_capped");
+    let open = unique("cmp_open");
+    let cap = json!({"frequency_cap": {"max": 2, "per_seconds": 3600}, "targeting": {"species": [species], "regions": ["oslo"]}});
+    assert_eq!(put(&capped, &campaign(&species, cap)).status, 201);
+    assert_eq!(
+        put(&open, &campaign(&species, json!({"targeting": {"species": [species], "regions": ["lima"]}}))).status,
+        201
+    );
+    let carol = unique("carol");
+    for region in ["oslo", "oslo", "lima"] {
+        let r = ad(&format!("placement=feed&user={carol}&species={species}&region={region}"));
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = send("GET", &format!("{}/_test/users/{carol}", ads()), None, None);
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let history = r.body["history"].as_array().cloned().unwrap_or_default();
+        let of = |id: &str| history.iter().filter(|h| h[0] == carol.as_str() && h[1] == id).count();
+        if of(&capped) == 2 {
+            assert_eq!(of(&open), 0, "uncapped impressions are not kept: {history:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shard never received the capped impressions: {history:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn click_path() {
     let species = unique("click");

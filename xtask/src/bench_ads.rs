@@ -1,7 +1,19 @@
-//! `cargo xtask bench ads [--url URL] [--seconds N] [--connections C]`:
-//! loads 10,000 active campaigns into the running ads Worker (the dev stack
-//! by default) and drives `GET /v1/ads` with keep-alive connections from
-//! C threads, then prints p50/p99 latency and requests per second.
+//! `cargo xtask bench ads [--url URL | --via-wrangler-proxy] [--seconds N]
+//! [--connections C] [--production-sink]`: loads 10,000 active campaigns into
+//! an ads Worker and drives `GET /v1/ads` with random Pet DNA from C
+//! keep-alive connections (one thread each), then prints p50/p99 latency and
+//! requests per second.
+//!
+//! Without `--url` it starts a throw-away test stack (the ports of
+//! `PETNET_TEST_SLOT`, `.local/test[-N]`, wiped) and drives the ads Worker
+//! at its own workerd socket, behind `wrangler dev`'s proxy (see
+//! `direct.rs`): "at the Worker". `--via-wrangler-proxy` drives wrangler's
+//! port instead; `--url` drives an ads Worker that is already running (e.g.
+//! the dev stack, `http://127.0.0.1:8789`). `--production-sink` restarts
+//! the stack's ads Worker with `ADS_EVENT_RECORDER=off`, so data points go
+//! to the Analytics Engine binding as in production instead of the local
+//! recorder object. `--keep` leaves the stack up after the run (to profile
+//! it: `perf record -g -p <the printed workerd pids>`) until killed.
 //! Latency is measured at the client on loopback, so it bounds the Worker's
 //! own time from above.
 
@@ -12,8 +24,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use crate::stack::{self, Profile, Secrets};
+use crate::{tools, ui, workers};
+
 const CAMPAIGNS: usize = 10_000;
-const BATCH: usize = 500;
+const BATCH: usize = 1000;
 const SPECIES: &[&str] = &["dog", "cat", "rabbit", "parrot", "fish", "horse"];
 const BREEDS: &[&str] = &["labrador", "tabby", "siamese", "poodle", "beagle", "lop"];
 const INTERESTS: &[&str] = &["agility", "toys", "grooming", "food", "travel", "naps", "training"];
@@ -31,24 +46,128 @@ fn pick<'a>(s: &mut u64, from: &[&'a str]) -> &'a str {
     from[(rng(s) % from.len() as u64) as usize]
 }
 
+const USAGE: &str = "usage: cargo xtask bench ads [--url URL | --via-wrangler-proxy] [--seconds N] [--connections C] [--client wrk|rust] [--production-sink] [--keep]";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Client {
+    Wrk,
+    Rust,
+}
+
+fn wrk_available() -> bool {
+    std::process::Command::new("wrk").arg("--version").output().is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stdout).contains("wrk") || String::from_utf8_lossy(&o.stderr).contains("wrk")
+    })
+}
+
+struct Options {
+    url: Option<String>,
+    via_proxy: bool,
+    production_sink: bool,
+    /// Keep the stack up after the run (for perf and curl) until killed.
+    keep: bool,
+    /// `wrk` (when on PATH) or the built-in Rust client.
+    client: Client,
+    seconds: u64,
+    connections: usize,
+}
+
 pub fn main(args: &[String]) -> Result<()> {
-    let mut url = "http://127.0.0.1:8789".to_string();
-    let mut seconds = 10u64;
-    let mut connections = 8usize;
+    let mut options = Options {
+        url: None,
+        via_proxy: false,
+        production_sink: false,
+        keep: false,
+        client: if wrk_available() { Client::Wrk } else { Client::Rust },
+        seconds: 10,
+        connections: 8,
+    };
     let mut it = args.iter();
     match it.next().map(String::as_str) {
         Some("ads") => {}
-        _ => bail!("usage: cargo xtask bench ads [--url URL] [--seconds N] [--connections C]"),
+        _ => bail!(USAGE),
     }
     while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--url" => url = value.trim_end_matches('/').to_string(),
-            "--seconds" => seconds = value.parse().context("--seconds")?,
-            "--connections" => connections = value.parse().context("--connections")?,
-            other => bail!("unknown flag {other}"),
+            "--url" => options.url = Some(value()?.trim_end_matches('/').to_string()),
+            "--seconds" => options.seconds = value()?.parse().context("--seconds")?,
+            "--connections" => options.connections = value()?.parse().context("--connections")?,
+            "--via-wrangler-proxy" => options.via_proxy = true,
+            "--production-sink" => options.production_sink = true,
+            "--keep" => options.keep = true,
+            "--client" => {
+                options.client = match value()?.as_str() {
+                    "wrk" if wrk_available() => Client::Wrk,
+                    "wrk" => bail!("--client wrk: wrk is not on PATH"),
+                    "rust" => Client::Rust,
+                    other => bail!("--client takes wrk or rust, not {other}"),
+                }
+            }
+            other => bail!("unknown flag {other}; {USAGE}"),
         }
     }
+    if options.seconds == 0 || options.connections == 0 {
+        bail!("--seconds and --connections must be at least 1");
+    }
+    if let Some(url) = options.url.clone() {
+        if options.via_proxy || options.production_sink {
+            bail!("--via-wrangler-proxy and --production-sink start a stack of their own; they do not go with --url");
+        }
+        println!("bench ads: driving {url} (given with --url); {}", load_average());
+        return run(&url, &options);
+    }
+    let tools = tools::ensure(false, Profile::Test.database_url_override().is_none())?;
+    workers::build_all(&tools)?;
+    let secrets = Secrets::from_env();
+    let step = ui::step("starting a throw-away stack (test ports, .local/test)");
+    let mut stack = stack::start(Profile::Test, &tools, true, &secrets)?;
+    step.done();
+    let result = (|| -> Result<()> {
+        if options.production_sink {
+            let step = ui::step("restarting ads with ADS_EVENT_RECORDER=off (the production sink)");
+            stack.restart_with_vars(&tools, "ads", &[("ADS_EVENT_RECORDER", "off")])?;
+            step.done();
+        }
+        let url = if options.via_proxy { stack.url("ads") } else { stack.direct_url("ads")? };
+        let workerd: Vec<String> = stack
+            .supervisor
+            .group_of("ads")
+            .map(crate::process::processes_in_group)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "workerd"))
+            .map(|pid| pid.to_string())
+            .collect();
+        println!(
+            "bench ads: driving {url} ({}; wrangler's port is {}); data points to {}; ads workerd pids {}",
+            if options.via_proxy { "through wrangler's dev proxy" } else { "the Worker's own workerd socket" },
+            stack.url("ads"),
+            if options.production_sink { "the Analytics Engine binding" } else { "the local recorder object" },
+            workerd.join(", ")
+        );
+        run(&url, &options)?;
+        if options.keep {
+            println!("--keep: the stack stays up ({url}) until this process is stopped");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        Ok(())
+    })();
+    stack.supervisor.stop_all();
+    result
+}
+
+/// `uptime`'s load averages, for the record next to every figure.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let parts: Vec<&str> = text.split_whitespace().take(3).collect();
+    format!("load average {}", parts.join(", "))
+}
+
+fn run(url: &str, options: &Options) -> Result<()> {
+    let url = url.to_string();
     let ops = std::env::var("OPS_TOKEN").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "dev_ops_token".into());
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(120)))
@@ -107,6 +226,91 @@ pub fn main(args: &[String]) -> Result<()> {
         let _ = agent.get(&request_url_for(&url, &mut s)).call();
     }
 
+    match options.client {
+        Client::Wrk => drive_with_wrk(&url, options),
+        Client::Rust => drive_with_rust(&url, options),
+    }
+}
+
+/// The same requests as `request_url_for` (500 users, random Pet DNA), from
+/// wrk's Lua hook.
+const WRK_SCRIPT: &str = r#"
+local species = {"dog", "cat", "rabbit", "parrot", "fish", "horse"}
+local breeds = {"labrador", "tabby", "siamese", "poodle", "beagle", "lop"}
+local interests = {"agility", "toys", "grooming", "food", "travel", "naps", "training"}
+local regions = {"berlin", "paris", "madrid", "rome", "vienna"}
+local function pick(list) return list[math.random(#list)] end
+local thread_seed = 0
+setup = function(thread) thread_seed = thread_seed + 1; thread:set("seed", thread_seed) end
+init = function() math.randomseed(1000 + (seed or 0)) end
+request = function()
+  return wrk.format("GET", "/v1/ads?placement=feed&user=bu" .. math.random(0, 499)
+    .. "&species=" .. pick(species) .. "&breed=" .. pick(breeds)
+    .. "&age_months=" .. math.random(0, 149)
+    .. "&interests=" .. pick(interests) .. "," .. pick(interests)
+    .. "&region=" .. pick(regions))
+end
+"#;
+
+/// wrk (C, event loop): much less CPU than the Rust client on this 2-core
+/// machine, where the client competes with workerd (measured: 9 % vs 46 %
+/// of a core at ~1,500 requests/s).
+fn drive_with_wrk(url: &str, options: &Options) -> Result<()> {
+    let (seconds, connections) = (options.seconds, options.connections);
+    let script = std::env::temp_dir().join(format!("petnet-bench-ads-{}.lua", std::process::id()));
+    std::fs::write(&script, WRK_SCRIPT).context("writing the wrk script")?;
+    let threads = connections.min(2);
+    let load_before = load_average();
+    let output = std::process::Command::new("wrk")
+        .args(["-t", &threads.to_string(), "-c", &connections.to_string(), "-d", &format!("{seconds}s")])
+        .args(["--latency", "--timeout", "10s", "-H", "accept-encoding: gzip", "-s"])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .context("running wrk")?;
+    let load_after = load_average();
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    if !output.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let field = |prefix: &str| -> Option<String> {
+        text.lines().map(str::trim).find(|l| l.starts_with(prefix)).map(|l| l[prefix.len()..].trim().to_string())
+    };
+    let millis = |v: String| -> Option<f64> {
+        let (number, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+        let n: f64 = number.parse().ok()?;
+        Some(match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            "m" => n * 60_000.0,
+            _ => return None,
+        })
+    };
+    let p50 = field("50%").and_then(millis).context("no p50 in wrk's output")?;
+    let p99 = field("99%").and_then(millis).context("no p99 in wrk's output")?;
+    let rps = field("Requests/sec:").and_then(|v| v.parse::<f64>().ok()).context("no Requests/sec in wrk's output")?;
+    let total = text.lines().find(|l| l.contains("requests in")).map(|l| l.trim().to_string()).unwrap_or_default();
+    println!("GET /v1/ads over {CAMPAIGNS} campaigns, {connections} connections (wrk, {threads} threads), {seconds}s:");
+    println!("  {total}");
+    for line in text.lines().filter(|l| l.contains("Non-2xx") || l.contains("Socket errors")) {
+        println!("  {}", line.trim());
+    }
+    println!(
+        "  p50 {p50:.2} ms   p99 {p99:.2} ms   max {}",
+        field("Latency").and_then(|l| l.split_whitespace().nth(2).map(str::to_string)).unwrap_or_default()
+    );
+    println!("  {rps:.0} requests/s");
+    println!("  machine: {load_before} before, {load_after} at the end (2-core machine, driver on it too)");
+    Ok(())
+}
+
+fn drive_with_rust(url: &str, options: &Options) -> Result<()> {
+    let (seconds, connections) = (options.seconds, options.connections);
+    let url = url.to_string();
+    let load_before = load_average();
+    let measured = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = (0..connections)
         .map(|t| {
@@ -121,36 +325,49 @@ pub fn main(args: &[String]) -> Result<()> {
                 let mut s = 1000 + t as u64;
                 let mut latencies = Vec::new();
                 let (mut ok, mut empty, mut other) = (0u64, 0u64, 0u64);
+                let mut first_failure: Option<String> = None;
                 while !stop.load(Ordering::Relaxed) {
                     let u = request_url_for(&url, &mut s);
                     let t0 = Instant::now();
                     match agent.get(&u).call() {
                         Ok(mut r) => {
-                            let _ = r.body_mut().read_to_vec();
+                            let body = r.body_mut().read_to_vec();
                             latencies.push(t0.elapsed());
                             match r.status().as_u16() {
-                                200 => ok += 1,
+                                200 if body.is_ok() => ok += 1,
                                 204 => empty += 1,
-                                _ => other += 1,
+                                status => {
+                                    other += 1;
+                                    first_failure.get_or_insert_with(|| {
+                                        format!("{status} {}", String::from_utf8_lossy(&body.unwrap_or_default()))
+                                    });
+                                }
                             }
                         }
-                        Err(_) => other += 1,
+                        Err(e) => {
+                            other += 1;
+                            first_failure.get_or_insert_with(|| e.to_string());
+                        }
                     }
                 }
-                (latencies, ok, empty, other)
+                (latencies, ok, empty, other, first_failure)
             })
         })
         .collect();
     std::thread::sleep(Duration::from_secs(seconds));
     stop.store(true, Ordering::Relaxed);
+    let elapsed = measured.elapsed();
+    let load_after = load_average();
     let mut all = Vec::new();
     let (mut ok, mut empty, mut other) = (0, 0, 0);
+    let mut failure = None;
     for t in threads {
-        let (l, o, e, x) = t.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))?;
+        let (l, o, e, x, f) = t.join().map_err(|_| anyhow::anyhow!("a load thread panicked"))?;
         all.extend(l);
         ok += o;
         empty += e;
         other += x;
+        failure = failure.or(f);
     }
     if all.is_empty() {
         bail!("no request completed");
@@ -159,13 +376,17 @@ pub fn main(args: &[String]) -> Result<()> {
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
     println!("GET /v1/ads over {CAMPAIGNS} campaigns, {connections} connections, {seconds}s:");
     println!("  requests {}  (200: {ok}, 204: {empty}, other/errors: {other})", all.len());
+    if let Some(f) = failure {
+        println!("  first failure: {f}");
+    }
     println!(
         "  p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
         pct(0.50),
         pct(0.99),
         all[all.len() - 1].as_secs_f64() * 1000.0
     );
-    println!("  {:.0} requests/s", all.len() as f64 / seconds as f64);
+    println!("  {:.0} requests/s", all.len() as f64 / elapsed.as_secs_f64());
+    println!("  machine: {load_before} before, {load_after} at the end (2-core machine, driver on it too)");
     Ok(())
 }
 

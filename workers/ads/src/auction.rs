@@ -116,6 +116,7 @@ pub struct Ranked {
     pub stats: Stats,
     pub ecpm: i64,
     id_hash: u64,
+    species: Vec<u32>,
     breeds: Vec<u32>,
     age: Option<(u32, u32)>,
     interests: Vec<u32>,
@@ -148,7 +149,7 @@ pub struct Index {
 impl Index {
     pub fn build(entries: Vec<Entry>, stats: &HashMap<String, Stats>) -> Index {
         let mut index = Index::default();
-        let mut ranked: Vec<Ranked> = entries
+        let ranked: Vec<Ranked> = entries
             .into_iter()
             .map(|entry| {
                 let s = stats.get(&entry.id).copied().unwrap_or_default();
@@ -157,6 +158,7 @@ impl Index {
                     ecpm: ecpm(entry.kind, entry.bid_micros, s),
                     stats: s,
                     id_hash: fnv1a(entry.id.as_bytes()),
+                    species: intern(&entry.species),
                     breeds: intern(&entry.breeds),
                     interests: intern(&entry.interests),
                     regions: intern(&entry.regions),
@@ -165,18 +167,35 @@ impl Index {
                 }
             })
             .collect();
-        ranked.sort_by(|a, b| b.ecpm.cmp(&a.ecpm).then_with(|| a.entry.id.cmp(&b.entry.id)));
-        for (pos, r) in ranked.iter().enumerate() {
-            if r.entry.species.is_empty() {
-                index.any_species.push(pos as u32);
+        index.ranked = ranked;
+        index.sort_and_post();
+        index
+    }
+
+    /// New click statistics: recomputes the eCPMs and the order in place,
+    /// without copying any campaign (the same result as [`Index::build`]
+    /// with these statistics).
+    pub fn rerank(&mut self, stats: &HashMap<String, Stats>) {
+        for r in &mut self.ranked {
+            let s = stats.get(&r.entry.id).copied().unwrap_or_default();
+            r.stats = s;
+            r.ecpm = ecpm(r.entry.kind, r.entry.bid_micros, s);
+        }
+        self.sort_and_post();
+    }
+
+    fn sort_and_post(&mut self) {
+        self.ranked.sort_by(|a, b| b.ecpm.cmp(&a.ecpm).then_with(|| a.entry.id.cmp(&b.entry.id)));
+        self.any_species.clear();
+        self.by_species.clear();
+        for (pos, r) in self.ranked.iter().enumerate() {
+            if r.species.is_empty() {
+                self.any_species.push(pos as u32);
             }
-            for s in &r.entry.species {
-                let id = index.intern(s);
-                index.by_species.entry(id).or_default().push(pos as u32);
+            for id in &r.species {
+                self.by_species.entry(*id).or_default().push(pos as u32);
             }
         }
-        index.ranked = ranked;
-        index
     }
 
     fn intern(&mut self, word: &str) -> u32 {
@@ -339,6 +358,37 @@ mod tests {
         );
         let out = idx.run(&Query::default(), 0, 7, |_| true).unwrap();
         assert_eq!(idx.ranked()[out.position].entry.id, "cmp_cpm");
+    }
+
+    #[test]
+    fn rerank_in_place_equals_a_fresh_build() {
+        let mut entries = Vec::new();
+        for i in 0..300 {
+            let mut e = entry(&format!("cmp_{i:03}"), if i % 2 == 0 { BidType::Cpc } else { BidType::Cpm }, 0);
+            e.bid_micros = 10_000 * (1 + (i * 37 % 97) as i64);
+            e.species = match i % 3 {
+                0 => vec![],
+                1 => vec!["dog".into()],
+                _ => vec!["cat".into(), "dog".into()],
+            };
+            entries.push(e);
+        }
+        let mut idx = Index::build(entries.clone(), &HashMap::new());
+        let stats: HashMap<String, Stats> = (0..300)
+            .filter(|i| i % 2 == 0)
+            .map(|i| (format!("cmp_{i:03}"), Stats { impressions: (i * 53 % 400) as u64, clicks: (i % 9) as u64 }))
+            .collect();
+        idx.rerank(&stats);
+        let fresh = Index::build(entries, &stats);
+        let ids = |x: &Index| x.ranked().iter().map(|r| (r.entry.id.clone(), r.ecpm, r.stats)).collect::<Vec<_>>();
+        assert_eq!(ids(&idx), ids(&fresh));
+        for species in [None, Some("dog"), Some("cat"), Some("fish")] {
+            let q = Query { species: species.map(str::to_string), ..Query::default() };
+            for seed in 0..20 {
+                assert_eq!(idx.run(&q, 0, seed, |_| true), fresh.run(&q, 0, seed, |_| true));
+                assert_eq!(idx.run(&q, 0, seed, |r| r.ecpm % 3 != 0), fresh.run(&q, 0, seed, |r| r.ecpm % 3 != 0));
+            }
+        }
     }
 
     #[test]

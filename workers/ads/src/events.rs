@@ -78,7 +78,13 @@ pub enum Sink {
 
 impl Sink {
     pub fn from_env(env: &worker::Env) -> Sink {
-        if worker_common::route::config(env, "ADS_EVENT_RECORDER").as_deref() == Some("on") {
+        Sink::new(env, worker_common::route::config(env, "ADS_EVENT_RECORDER").as_deref() == Some("on"))
+    }
+
+    /// `recorder`: whether `ADS_EVENT_RECORDER` is `on` (read once per
+    /// isolate by the caller).
+    pub fn new(env: &worker::Env, recorder: bool) -> Sink {
+        if recorder {
             return Sink::Recorder;
         }
         match env.analytics_engine("AD_EVENTS") {

@@ -164,9 +164,20 @@ async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response, Ap
                 objects::call(&env, "RECORDER", "recorder", &json!({ "op": "read", "campaign": campaign })).await?;
             Ok(json_response(200, &reply))
         }
-        (_, ["healthz"]) => Err(ApiError::method_not_allowed(&method.to_string(), "/healthz")),
+        (Method::Get, ["_test", "users", user]) if serve::config(&env).recorder => {
+            // What the user's shard object holds for frequency caps.
+            let reply: serde_json::Value = objects::call(
+                &env,
+                "USERS",
+                &serve::user_object(user, &serve::config(&env)),
+                &json!({ "op": "sync", "now": now_ms() / 1000, "record": [], "history": [user] }),
+            )
+            .await?;
+            Ok(json_response(200, &reply))
+        }
+        (_, ["healthz"]) => Err(ApiError::method_not_allowed(method.as_ref(), "/healthz")),
         (_, ["v1", "campaigns", ..] | ["v1", "ads", ..]) => {
-            Err(ApiError::method_not_allowed(&method.to_string(), &req.path()))
+            Err(ApiError::method_not_allowed(method.as_ref(), &req.path()))
         }
         _ => Err(ApiError::not_found(format!("no route for {} {}", method, req.path()))),
     }

@@ -7,8 +7,8 @@
 //!   change, so concurrent writes cannot lose each other's entries.
 //! - [`BudgetObject`] (one, `budget`): today's spend and all-time delivery
 //!   per campaign, fed by the isolates' background syncs (see `pacing`).
-//! - [`UserObject`] (one per pseudonymous user): the impressions behind
-//!   frequency caps, and click deduplication.
+//! - [`UserObject`] (one per shard of pseudonymous users, `users:{n}`):
+//!   the impressions behind frequency caps, and click deduplication.
 //! - [`RecorderObject`] (one, local only): the data points that Analytics
 //!   Engine would receive, for the tests to read.
 
@@ -53,6 +53,12 @@ pub struct Snapshot {
 }
 
 pub const SNAPSHOT_KEY: &str = "snapshot";
+/// The version of the snapshot last written, alone: an isolate whose cached
+/// snapshot has this version skips re-reading (and re-parsing) the snapshot.
+pub const SNAPSHOT_VERSION_KEY: &str = "snapshot_version";
+
+/// Campaign records written to KV at once by one upsert.
+const KV_WRITES_IN_FLIGHT: usize = 64;
 
 pub fn campaign_key(id: &str) -> String {
     format!("campaign:{id}")
@@ -62,6 +68,11 @@ pub fn campaign_key(id: &str) -> String {
 pub struct CatalogObject {
     state: State,
     env: Env,
+    /// The newest snapshot version whose KV write has completed. Upserts
+    /// interleave while they wait for KV, so their snapshot writes may
+    /// complete out of order; a write that completes after a newer one
+    /// writes the current snapshot again (see `write_snapshot`).
+    snapshot_written: std::cell::Cell<i64>,
 }
 
 impl DurableObject for CatalogObject {
@@ -73,7 +84,7 @@ impl DurableObject for CatalogObject {
             "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)",
             None,
         );
-        CatalogObject { state, env }
+        CatalogObject { state, env, snapshot_written: std::cell::Cell::new(0) }
     }
 
     async fn fetch(&self, mut req: Request) -> worker::Result<Response> {
@@ -109,6 +120,7 @@ impl CatalogObject {
         let sql = self.state.storage().sql();
         let kv = self.env.kv("CAMPAIGNS").map_err(|e| ApiError::internal(format!("KV binding: {e}")))?;
         let mut created = Vec::new();
+        let mut bodies = Vec::with_capacity(campaigns.len());
         for c in &campaigns {
             let existing: Count =
                 exec(&sql, "SELECT count(*) AS n FROM campaigns WHERE id = ?", vec![c.id.clone().into()])?
@@ -128,38 +140,68 @@ impl CatalogObject {
                 "INSERT OR REPLACE INTO campaigns (id, body, entry) VALUES (?, ?, ?)",
                 vec![c.id.clone().into(), body.clone().into(), entry.into()],
             )?;
-            kv.put(&campaign_key(&c.id), body)
-                .map_err(|e| ApiError::internal(e.to_string()))?
-                .execute()
-                .await
-                .map_err(|e| ApiError::unavailable("kv_unavailable", format!("KV write failed: {e}")))?;
+            bodies.push((campaign_key(&c.id), body));
         }
-        // The snapshot is rebuilt from SQLite, which only this object
-        // writes: it always reflects every write acknowledged so far.
+        // Each campaign's own key before the snapshot that serves it (a
+        // click on a served ad must find its campaign), many at a time.
+        for chunk in bodies.chunks(KV_WRITES_IN_FLIGHT) {
+            let writes = chunk.iter().map(|(key, body)| {
+                let kv = &kv;
+                async move {
+                    kv.put(key, body.as_str())
+                        .map_err(|e| ApiError::internal(e.to_string()))?
+                        .execute()
+                        .await
+                        .map_err(|e| ApiError::unavailable("kv_unavailable", format!("KV write failed: {e}")))
+                }
+            });
+            futures_util::future::try_join_all(writes).await?;
+        }
         exec(
             &sql,
             "INSERT INTO meta (id, version) VALUES (1, 1) ON CONFLICT(id) DO UPDATE SET version = version + 1",
             vec![],
         )?;
-        let version: Value = exec(&sql, "SELECT version FROM meta WHERE id = 1", vec![])?.one().map_err(sql_err)?;
-        let rows: Vec<EntryRow> =
-            exec(&sql, "SELECT entry FROM campaigns WHERE entry IS NOT NULL ORDER BY id", vec![])?
-                .to_array()
-                .map_err(sql_err)?;
-        let mut text = format!("{{\"version\":{},\"entries\":[", version["version"].as_i64().unwrap_or(0));
-        for (i, row) in rows.iter().enumerate() {
-            if i > 0 {
-                text.push(',');
+        let (version, active) = self.write_snapshot(&kv).await?;
+        Ok(json_response(200, &json!({ "created": created, "active": active, "version": version })))
+    }
+
+    /// Writes the snapshot of every active campaign, rebuilt from SQLite
+    /// (which only this object writes, so it reflects every write
+    /// acknowledged so far), then its version. If a newer snapshot's write
+    /// completed while this one was under way, KV may now hold this older
+    /// one: write the current one again. So the last write to complete is
+    /// always the newest.
+    async fn write_snapshot(&self, kv: &worker::kv::KvStore) -> Result<(i64, usize), ApiError> {
+        let sql = self.state.storage().sql();
+        loop {
+            let version: Value = exec(&sql, "SELECT version FROM meta WHERE id = 1", vec![])?.one().map_err(sql_err)?;
+            let version = version["version"].as_i64().unwrap_or(0);
+            let rows: Vec<EntryRow> =
+                exec(&sql, "SELECT entry FROM campaigns WHERE entry IS NOT NULL ORDER BY id", vec![])?
+                    .to_array()
+                    .map_err(sql_err)?;
+            let mut text = String::with_capacity(rows.iter().map(|r| r.entry.len() + 1).sum::<usize>() + 64);
+            text.push_str(&format!("{{\"version\":{version},\"entries\":["));
+            for (i, row) in rows.iter().enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(&row.entry);
             }
-            text.push_str(&row.entry);
+            text.push_str("]}");
+            for (key, value) in [(SNAPSHOT_KEY, text), (SNAPSHOT_VERSION_KEY, version.to_string())] {
+                kv.put(key, value)
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .execute()
+                    .await
+                    .map_err(|e| ApiError::unavailable("kv_unavailable", format!("KV write failed: {e}")))?;
+            }
+            if version >= self.snapshot_written.get() {
+                self.snapshot_written.set(version);
+                return Ok((version, rows.len()));
+            }
         }
-        text.push_str("]}");
-        kv.put(SNAPSHOT_KEY, text)
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .execute()
-            .await
-            .map_err(|e| ApiError::unavailable("kv_unavailable", format!("KV write failed: {e}")))?;
-        Ok(json_response(200, &json!({ "created": created, "active": rows.len(), "version": version["version"] })))
     }
 
     fn list(&self, after: Option<String>, limit: u32) -> Result<Response, ApiError> {
@@ -268,25 +310,29 @@ impl BudgetObject {
         exec(&sql, "INSERT INTO meta (id, rev) VALUES (1, 1) ON CONFLICT(id) DO UPDATE SET rev = rev + 1", vec![])?;
         let rev: Value = exec(&sql, "SELECT rev FROM meta WHERE id = 1", vec![])?.one().map_err(sql_err)?;
         let rev = rev["rev"].as_i64().unwrap_or(0);
-        for (id, d) in &batch {
-            if d.spend_micros != 0 {
-                exec(
-                    &sql,
-                    "INSERT INTO spend (campaign, day, micros, rev) VALUES (?, ?, ?, ?)
-                     ON CONFLICT(campaign, day) DO UPDATE SET micros = micros + excluded.micros, rev = excluded.rev",
-                    vec![id.clone().into(), (day as i64).into(), d.spend_micros.into(), rev.into()],
-                )?;
-            }
-            if d.impressions != 0 || d.clicks != 0 {
-                exec(
-                    &sql,
-                    "INSERT INTO delivery (campaign, impressions, clicks, rev) VALUES (?, ?, ?, ?)
-                     ON CONFLICT(campaign) DO UPDATE SET impressions = impressions + excluded.impressions,
-                       clicks = clicks + excluded.clicks, rev = excluded.rev",
-                    vec![id.clone().into(), (d.impressions as i64).into(), (d.clicks as i64).into(), rev.into()],
-                )?;
-            }
-        }
+        // One statement per table for the whole batch: an isolate's sync
+        // carries every campaign it served since the last one.
+        let rows: Vec<(&str, i64, u64, u64)> =
+            batch.iter().map(|(id, d)| (id.as_str(), d.spend_micros, d.impressions, d.clicks)).collect();
+        let rows = serde_json::to_string(&rows).map_err(|e| ApiError::internal(e.to_string()))?;
+        exec(
+            &sql,
+            "INSERT INTO spend (campaign, day, micros, rev)
+             SELECT json_extract(value, '$[0]'), ?, json_extract(value, '$[1]'), ? FROM json_each(?)
+             WHERE json_extract(value, '$[1]') != 0
+             ON CONFLICT(campaign, day) DO UPDATE SET micros = micros + excluded.micros, rev = excluded.rev",
+            vec![(day as i64).into(), rev.into(), rows.clone().into()],
+        )?;
+        exec(
+            &sql,
+            "INSERT INTO delivery (campaign, impressions, clicks, rev)
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?
+             FROM json_each(?)
+             WHERE json_extract(value, '$[2]') != 0 OR json_extract(value, '$[3]') != 0
+             ON CONFLICT(campaign) DO UPDATE SET impressions = impressions + excluded.impressions,
+               clicks = clicks + excluded.clicks, rev = excluded.rev",
+            vec![rev.into(), rows.into()],
+        )?;
         // An isolate still on another day needs all of today's rows.
         let since = if day == today { since } else { 0 };
         let spent: Vec<SpendRow> = exec(
@@ -347,20 +393,25 @@ impl BudgetObject {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum UserCommand {
-    History {
-        now: u64,
-    },
-    Record {
-        seen: Vec<(String, u64)>,
-    },
+    /// Records impressions of capped campaigns, `(user, campaign, served
+    /// at, cap window in seconds)`, then returns the unexpired impressions
+    /// of `history`'s users (including those just recorded).
+    Sync { now: u64, record: Vec<(String, String, u64, u32)>, history: Vec<String> },
     /// First click on this impression within `window` seconds?
-    Click {
-        impression_id: String,
-        now: u64,
-        window: u64,
-    },
+    Click { impression_id: String, now: u64, window: u64 },
 }
 
+/// What a user-shard sync answers: `(user, campaign, served at)`, oldest first.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UserSyncReply {
+    pub history: Vec<(String, String, u64)>,
+}
+
+/// One object per shard of users (`users:{n}`, see `pacing::user_shard`):
+/// the impressions behind frequency caps and click deduplication of the
+/// users that hash to it. A shard rather than one object per user keeps an
+/// isolate's background sync to one call per shard however many users it
+/// served; a user always maps to the same shard.
 #[durable_object]
 pub struct UserObject {
     state: State,
@@ -368,6 +419,7 @@ pub struct UserObject {
 
 #[derive(Deserialize)]
 struct SeenRow {
+    user: String,
     campaign: String,
     at: i64,
 }
@@ -380,7 +432,13 @@ struct ClickRow {
 impl DurableObject for UserObject {
     fn new(state: State, _env: Env) -> Self {
         let sql = state.storage().sql();
-        let _ = sql.exec("CREATE TABLE IF NOT EXISTS seen (campaign TEXT NOT NULL, at INTEGER NOT NULL)", None);
+        // An impression matters until its cap window has passed (`expires`).
+        let _ = sql.exec(
+            "CREATE TABLE IF NOT EXISTS impressions (user TEXT NOT NULL, campaign TEXT NOT NULL, at INTEGER NOT NULL, expires INTEGER NOT NULL)",
+            None,
+        );
+        let _ = sql.exec("CREATE INDEX IF NOT EXISTS impressions_by_user ON impressions (user, at)", None);
+        let _ = sql.exec("CREATE INDEX IF NOT EXISTS impressions_by_expiry ON impressions (expires)", None);
         let _ =
             sql.exec("CREATE TABLE IF NOT EXISTS clicks (impression_id TEXT PRIMARY KEY, at INTEGER NOT NULL)", None);
         UserObject { state }
@@ -391,25 +449,41 @@ impl DurableObject for UserObject {
             async {
                 let sql = self.state.storage().sql();
                 match command::<UserCommand>(&mut req).await? {
-                    UserCommand::History { now } => {
-                        let oldest = now.saturating_sub(crate::campaign::MAX_FREQ_WINDOW_SECONDS as u64) as i64;
-                        exec(&sql, "DELETE FROM seen WHERE at <= ?", vec![oldest.into()])?;
-                        let rows: Vec<SeenRow> = exec(&sql, "SELECT campaign, at FROM seen ORDER BY at", vec![])?
-                            .to_array()
-                            .map_err(sql_err)?;
-                        let seen: Vec<(String, u64)> =
-                            rows.into_iter().map(|r| (r.campaign, r.at.max(0) as u64)).collect();
-                        Ok(json_response(200, &json!({ "seen": seen })))
-                    }
-                    UserCommand::Record { seen } => {
-                        for (campaign, at) in seen {
+                    UserCommand::Sync { now, record, history } => {
+                        exec(&sql, "DELETE FROM impressions WHERE expires <= ?", vec![(now as i64).into()])?;
+                        if !record.is_empty() {
+                            let rows: Vec<(&str, &str, u64, u64)> = record
+                                .iter()
+                                .map(|(user, campaign, at, per)| {
+                                    (user.as_str(), campaign.as_str(), *at, at + *per as u64)
+                                })
+                                .collect();
+                            let rows = serde_json::to_string(&rows).map_err(|e| ApiError::internal(e.to_string()))?;
                             exec(
                                 &sql,
-                                "INSERT INTO seen (campaign, at) VALUES (?, ?)",
-                                vec![campaign.into(), (at as i64).into()],
+                                "INSERT INTO impressions (user, campaign, at, expires)
+                                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+                                        json_extract(value, '$[2]'), json_extract(value, '$[3]')
+                                 FROM json_each(?)",
+                                vec![rows.into()],
                             )?;
                         }
-                        Ok(json_response(200, &json!({ "ok": true })))
+                        let history = if history.is_empty() {
+                            Vec::new()
+                        } else {
+                            let users =
+                                serde_json::to_string(&history).map_err(|e| ApiError::internal(e.to_string()))?;
+                            let rows: Vec<SeenRow> = exec(
+                                &sql,
+                                "SELECT user, campaign, at FROM impressions
+                                 WHERE user IN (SELECT value FROM json_each(?)) AND expires > ? ORDER BY at",
+                                vec![users.into(), (now as i64).into()],
+                            )?
+                            .to_array()
+                            .map_err(sql_err)?;
+                            rows.into_iter().map(|r| (r.user, r.campaign, r.at.max(0) as u64)).collect()
+                        };
+                        Ok(json_response(200, &UserSyncReply { history }))
                     }
                     UserCommand::Click { impression_id, now, window } => {
                         let rows: Vec<ClickRow> = exec(
@@ -446,8 +520,13 @@ impl DurableObject for UserObject {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum RecorderCommand {
-    Write { points: Vec<Value> },
-    Read { campaign: Option<String> },
+    /// `points`: a JSON array of data points, as text.
+    Write {
+        points: String,
+    },
+    Read {
+        campaign: Option<String>,
+    },
 }
 
 #[durable_object]
@@ -470,15 +549,13 @@ impl DurableObject for RecorderObject {
                 let sql = self.state.storage().sql();
                 match command::<RecorderCommand>(&mut req).await? {
                     RecorderCommand::Write { points } => {
-                        for p in &points {
-                            let campaign = p["indexes"][0].as_str().unwrap_or_default().to_string();
-                            exec(
-                                &sql,
-                                "INSERT INTO points (campaign, body) VALUES (?, ?)",
-                                vec![campaign.into(), p.to_string().into()],
-                            )?;
-                        }
-                        Ok(json_response(200, &json!({ "written": points.len() })))
+                        exec(
+                            &sql,
+                            "INSERT INTO points (campaign, body)
+                             SELECT json_extract(value, '$.indexes[0]'), value FROM json_each(?)",
+                            vec![points.into()],
+                        )?;
+                        Ok(json_response(200, &json!({ "ok": true })))
                     }
                     RecorderCommand::Read { campaign } => {
                         let rows: Vec<BodyRow> = match campaign {

@@ -21,10 +21,11 @@
 //! unsynced charges loses them: that is under-billing, never overspend.
 //!
 //! **Frequency caps** are exact within an isolate ([`FrequencyLog`]); the
-//! user's object keeps their impressions across isolates and is loaded into
-//! an isolate in the background the first time that isolate sees the user.
-//! Until it arrives, and between syncs, a user can see a capped campaign at
-//! most `max` more times per isolate they reach.
+//! user's shard object ([`user_shard`]) keeps their impressions of capped
+//! campaigns across isolates; the background sync sends them and loads the
+//! history of users new to the isolate, one call per shard touched. Until
+//! a user's history arrives, and between syncs, a user can see a capped
+//! campaign at most `max` more times per isolate they reach.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -152,8 +153,21 @@ impl Book {
     }
 }
 
-/// Impressions a user has seen, per campaign, within the longest window a
-/// cap can have; bounded in users (least recently added evicted first).
+/// The most serving times kept per user and campaign: a cap's `max` is at
+/// most 1000, and only the newest `max` times can decide it.
+pub const MAX_KEPT_PER_CAMPAIGN: usize = 1000;
+
+/// The user-shard object a user's cap history and click dedup live in:
+/// `users:{fnv1a(user) mod shards}`. One object per shard (not per user), so
+/// an isolate's background sync makes at most `shards` calls however many
+/// users it served, and a user always maps to the same object.
+pub fn user_shard(user: &str, shards: u32) -> u32 {
+    (crate::auction::fnv1a(user.as_bytes()) % shards.max(1) as u64) as u32
+}
+
+/// Impressions of frequency-capped campaigns a user has seen; bounded in
+/// users (least recently added evicted first). Impressions of campaigns
+/// without a cap are not kept: no rule reads them.
 #[derive(Debug, Default)]
 pub struct FrequencyLog {
     users: HashMap<String, UserLog>,
@@ -163,10 +177,12 @@ pub struct FrequencyLog {
 
 #[derive(Debug, Default, Clone)]
 pub struct UserLog {
-    /// (campaign id, unix seconds), oldest first.
-    pub seen: Vec<(String, u64)>,
-    /// Whether the user's object history has been merged in.
+    /// Capped campaign id -> serving times (unix seconds), oldest first:
+    /// the newest `max` within the cap's window.
+    pub seen: HashMap<String, Vec<u64>>,
+    /// Whether the user's history from their shard object has been merged in.
     pub loaded: bool,
+    /// Queued for (or in) a history load.
     pub loading: bool,
 }
 
@@ -199,25 +215,41 @@ impl UserLog {
     /// Under `max` impressions of `campaign` in the last `per_seconds`?
     pub fn allows(&self, campaign: &str, max: u32, per_seconds: u32, now: u64) -> bool {
         let since = now.saturating_sub(per_seconds as u64);
-        let n = self.seen.iter().filter(|(c, t)| c == campaign && *t > since).count();
+        let n = self.seen.get(campaign).map_or(0, |times| times.iter().rev().take_while(|t| **t > since).count());
         n < max as usize
     }
 
-    pub fn record(&mut self, campaign: &str, at: u64) {
-        self.seen.push((campaign.to_string(), at));
+    /// Records an impression of a campaign capped at `max` per `per_seconds`
+    /// and forgets what can no longer decide that cap.
+    pub fn record(&mut self, campaign: &str, at: u64, max: u32, per_seconds: u32) {
+        let times = self.seen.entry(campaign.to_string()).or_default();
+        let pos = times.partition_point(|t| *t <= at);
+        times.insert(pos, at);
+        let since = at.saturating_sub(per_seconds as u64);
+        let stale = times.partition_point(|t| *t <= since);
+        let over = times.len().saturating_sub((max as usize).clamp(1, MAX_KEPT_PER_CAMPAIGN));
+        times.drain(..stale.max(over));
     }
 
-    /// Merges the object's history (deduplicated) and drops entries older
-    /// than the longest cap window.
-    pub fn merge(&mut self, history: Vec<(String, u64)>, now: u64) {
-        for item in history {
-            if !self.seen.contains(&item) {
-                self.seen.push(item);
+    /// Replaces what this isolate knows with the user's history from their
+    /// shard object plus `unsent`, the impressions recorded here that the
+    /// object has not received yet. The history includes everything this
+    /// isolate sent up to the call that returned it, so nothing is counted
+    /// twice.
+    pub fn merge(&mut self, history: Vec<(String, u64)>, unsent: &[(String, u64)], now: u64) {
+        let oldest = now.saturating_sub(crate::campaign::MAX_FREQ_WINDOW_SECONDS as u64);
+        let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
+        for (campaign, at) in history.into_iter().chain(unsent.iter().cloned()) {
+            if at > oldest {
+                seen.entry(campaign).or_default().push(at);
             }
         }
-        let oldest = now.saturating_sub(crate::campaign::MAX_FREQ_WINDOW_SECONDS as u64);
-        self.seen.retain(|(_, t)| *t > oldest);
-        self.seen.sort_by_key(|(_, t)| *t);
+        for times in seen.values_mut() {
+            times.sort_unstable();
+            let over = times.len().saturating_sub(MAX_KEPT_PER_CAMPAIGN);
+            times.drain(..over);
+        }
+        self.seen = seen;
         self.loaded = true;
         self.loading = false;
     }
@@ -258,7 +290,7 @@ mod tests {
                     }
                     2 => {
                         if let Some(batch) = flights[i].take() {
-                            if next(&mut rng) % 5 == 0 {
+                            if next(&mut rng).is_multiple_of(5) {
                                 isolates[i].abort_sync();
                             } else {
                                 book.apply(1, &batch);
@@ -310,13 +342,57 @@ mod tests {
     fn frequency_windows() {
         let mut f = FrequencyLog::new(2);
         let u = f.user("u1");
-        u.record("c", 110);
-        u.record("c", 150);
+        u.record("c", 110, 2, 60);
+        u.record("c", 150, 2, 60);
         assert!(!u.allows("c", 2, 60, 160));
         assert!(u.allows("c", 2, 60, 200), "the first impression left the window");
         assert!(u.allows("d", 1, 60, 160));
         f.user("u2");
         f.user("u3");
         assert!(f.get("u1").is_none(), "bounded: the oldest user is evicted");
+    }
+
+    #[test]
+    fn a_user_log_keeps_only_what_can_decide_the_cap() {
+        let mut u = UserLog::default();
+        for t in 0..50 {
+            u.record("c", 1000 + t, 3, 3600);
+        }
+        assert_eq!(u.seen["c"], vec![1047, 1048, 1049], "the newest max times");
+        u.record("c", 10_000, 3, 60);
+        assert_eq!(u.seen["c"], vec![10_000], "times outside the window are dropped");
+        // An impression reported late (another isolate's, via history) still
+        // lands in order.
+        u.record("c", 9_990, 3, 60);
+        assert_eq!(u.seen["c"], vec![9_990, 10_000]);
+        assert!(!u.allows("c", 2, 60, 10_001));
+        assert!(u.allows("c", 3, 60, 10_001));
+    }
+
+    #[test]
+    fn history_merge_counts_each_impression_once() {
+        let mut u = UserLog::default();
+        // Served here: 100 (sent in the call that returns the history) and
+        // 105 (recorded while that call was under way, not sent yet).
+        u.record("c", 100, 5, 3600);
+        u.record("c", 105, 5, 3600);
+        // The object has another isolate's 90 and this isolate's 100.
+        u.merge(vec![("c".into(), 90), ("c".into(), 100)], &[("c".into(), 105)], 200);
+        assert_eq!(u.seen["c"], vec![90, 100, 105]);
+        assert!(u.loaded && !u.loading);
+        assert!(!u.allows("c", 3, 3600, 200));
+        assert!(u.allows("c", 4, 3600, 200));
+    }
+
+    #[test]
+    fn users_spread_over_shards() {
+        let mut counts = [0u32; 16];
+        for i in 0..16_000 {
+            counts[user_shard(&format!("user{i}"), 16) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+        assert_eq!(user_shard("alice", 16), user_shard("alice", 16));
+        assert_eq!(user_shard("alice", 1), 0);
+        assert_eq!(user_shard("alice", 0), 0, "no shard count means one shard");
     }
 }

@@ -25,7 +25,11 @@ pub struct Isolate {
     pub last_rebuild_ms: u64,
     pub budget_revision: i64,
     pub freq: FrequencyLog,
-    pub pending_seen: HashMap<String, Vec<(String, u64)>>,
+    /// Impressions of capped campaigns not yet sent to the users' shard
+    /// objects: user -> (campaign, served at, cap window in seconds).
+    pub pending_seen: HashMap<String, Vec<(String, u64, u32)>>,
+    /// Users new to this isolate whose history the next sync loads.
+    pub history_wanted: Vec<String>,
     pub pending_points: Vec<DataPoint>,
     pub sync_running: bool,
     pub last_sync_ms: u64,
@@ -44,6 +48,7 @@ thread_local! {
         budget_revision: 0,
         freq: FrequencyLog::new(MAX_USERS),
         pending_seen: HashMap::new(),
+        history_wanted: Vec::new(),
         pending_points: Vec::new(),
         sync_running: false,
         last_sync_ms: 0,
