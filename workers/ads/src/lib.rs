@@ -29,8 +29,19 @@ pub(crate) const SERVICE: &str = "ads";
 const BULK_MAX: usize = 1000;
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, ctx: Context) -> worker::Result<Response> {
-    respond(handle(req, env, ctx).await)
+async fn fetch(req: worker::worker_sys::web_sys::Request, env: Env, ctx: Context) -> worker::Result<Response> {
+    // The ad path needs only the URL. Taking the raw request spares it the
+    // conversion to `worker::Request`, which deep-copies the request's `cf`
+    // object through JSON (measured: about 9 % of the Worker's CPU per ad).
+    // Any other path, `/v1/ads/` included, goes through the router.
+    if req.method() == "GET" {
+        if let Ok(url) = worker::Url::parse(&req.url()) {
+            if url.path() == "/v1/ads" {
+                return respond(serve::ad(&url, &env, &ctx).await);
+            }
+        }
+    }
+    respond(handle(req.into(), env, ctx).await)
 }
 
 fn tokens(env: &Env) -> Tokens {
@@ -51,7 +62,7 @@ async fn handle(mut req: Request, env: Env, ctx: Context) -> Result<Response, Ap
             let store = env.kv("CAMPAIGNS").map_err(|e| format!("KV binding CAMPAIGNS: {e}"));
             Ok(health::report(SERVICE, vec![health::kv(store, &nonce).await]))
         }
-        (Method::Get, ["v1", "ads"]) => serve::ad(&req, &env, &ctx).await,
+        (Method::Get, ["v1", "ads"]) => serve::ad(&req.url()?, &env, &ctx).await,
         (Method::Get, ["v1", "ads", "click", token]) => serve::click(&env, &ctx, token).await,
         (Method::Put, ["v1", "campaigns", id]) => {
             tokens(&env).require(&req, &[Role::Ops])?;

@@ -21,7 +21,7 @@ use std::rc::Rc;
 
 use serde::Deserialize;
 use serde_json::json;
-use worker::{Context, Env, Request, Response};
+use worker::{Context, Env, Response};
 use worker_common::log::{self, Level};
 use worker_common::{json as json_response, route, ApiError};
 
@@ -231,9 +231,8 @@ fn parse_query(url: &worker::Url) -> Result<(String, String, Query), ApiError> {
     Ok((placement, user, query))
 }
 
-pub async fn ad(req: &Request, env: &Env, ctx: &Context) -> Result<Response, ApiError> {
-    let url = req.url()?;
-    let (placement, user, query) = parse_query(&url)?;
+pub async fn ad(url: &worker::Url, env: &Env, ctx: &Context) -> Result<Response, ApiError> {
+    let (placement, user, query) = parse_query(url)?;
     let cfg = config(env);
     let index = index(env, ctx, &cfg).await?;
     let now_s = now_ms() / 1000;
