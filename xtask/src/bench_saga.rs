@@ -138,6 +138,13 @@ fn warmup(options: &Options) -> usize {
 }
 
 /// One line about the machine, for the record.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -171,6 +178,9 @@ struct Row {
     latencies: Vec<Duration>,
     /// Full mode: milliseconds per saga by phase, from the sagas' histories.
     phases: Vec<(String, f64)>,
+    /// The machine's 1-minute load average just before the measured batch:
+    /// on a shared 2-core machine, what else was running shows here.
+    load: String,
 }
 
 impl Row {
@@ -199,10 +209,12 @@ fn measure(system: &str, options: &Options, saga: &(dyn Fn(usize) -> Result<Valu
     if let Some(first) = warm_errors.first() {
         ui::info(format!("{system}: {} warm-up saga(s) failed, first: {first}", warm_errors.len()));
     }
+    let load = load_average();
     let step = ui::step(format!("{system}: {} sagas, {} in flight", options.sagas, options.concurrency));
     let (latencies, errors, elapsed, outputs) = batch(warmup(options), options.sagas, options.concurrency, saga);
     step.done();
-    let row = Row { system: system.to_string(), sagas: options.sagas, errors, elapsed, latencies, phases: Vec::new() };
+    let row =
+        Row { system: system.to_string(), sagas: options.sagas, errors, elapsed, latencies, phases: Vec::new(), load };
     println!(
         "{system}: {:.1} sagas/s, p50 {:.1} ms, p99 {:.1} ms, {} error(s){}",
         row.per_second(),
@@ -769,17 +781,18 @@ fn print_table(options: &Options, rows: &[Row]) {
         "sagas: {} per system, {} in flight (cargo xtask bench saga --sagas {} --concurrency {})",
         options.sagas, options.concurrency, options.sagas, options.concurrency
     );
-    println!("| system | sagas | errors | sagas/s | p50 ms | p99 ms |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| system | sagas | errors | sagas/s | p50 ms | p99 ms | load before |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} |",
             row.system,
             row.sagas,
             row.errors.len(),
             row.per_second(),
             row.percentile(0.50),
-            row.percentile(0.99)
+            row.percentile(0.99),
+            row.load
         );
     }
     let engine = rows.iter().find(|r| r.system.contains("(engine)"));
