@@ -79,7 +79,7 @@ fn print_help() {
          demo                            one complete purchase against the running dev stack, printed as a timeline\n  \
          drill <name>|all                a reliability drill on a throw-away stack: chaos, last-unit, one-purchase, hostile, needs-attention, crash\n  \
          bench saga [--sagas N] [--concurrency C]  the purchase saga against Restate and Cloudflare Workflows (docs/benchmarks.md)\n  \
-         bench ads [--url URL] [--seconds N]       10,000 campaigns into the running ads Worker, then p50/p99 and req/s of GET /v1/ads\n  \
+         bench ads [--seconds N] [--connections C] 10,000 campaigns into a throw-away stack, then p50/p99 and req/s of GET /v1/ads at the Worker (--url, --via-wrangler-proxy: docs/ads.md)\n  \
          seed-listings --count N [--seed S]        N realistic listings, embedded in batches, into the running dev stack\n  \
          eval search [--count N]                   search relevance (nDCG@10, hybrid vs full-text) and filters on N seeded listings\n\n\
          Flags:\n  \
@@ -263,6 +263,6 @@ fn bench(args: &[String]) -> Result<()> {
             bench_saga::main(rest)
         }
         Some((what, _)) if what == "ads" => bench_ads::main(args),
-        _ => bail!("usage: cargo xtask bench saga [--sagas N] [--concurrency C] | bench ads [--url URL] [--seconds N] [--connections C]"),
+        _ => bail!("usage: cargo xtask bench saga [--sagas N] [--concurrency C] | bench ads [--seconds N] [--connections C] [--url URL | --via-wrangler-proxy]"),
     }
 }
