@@ -82,7 +82,7 @@ fn unknown_and_malformed_listing_ids_are_404() {
 
 #[test]
 fn reservations_are_idempotent_and_never_oversell() {
-    let ops = secret("OPS_TOKEN");
+    let ops = secret("INTERNAL_TOKEN");
     let listing = create(json!({"quantity": 2}));
     let id = listing["id"].as_str().expect("id");
     let reserve = |purchase: &str, quantity: i64| {
@@ -125,7 +125,7 @@ fn reservations_are_idempotent_and_never_oversell() {
 
 #[test]
 fn concurrent_buyers_never_share_the_last_unit() {
-    let ops = secret("OPS_TOKEN");
+    let ops = secret("INTERNAL_TOKEN");
     let listing = create(json!({"quantity": 1}));
     let id = listing["id"].as_str().expect("id").to_string();
     let handles: Vec<_> = (0..12)
@@ -140,4 +140,25 @@ fn concurrent_buyers_never_share_the_last_unit() {
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 11, "{statuses:?}");
     assert_eq!(get(&format!("{}/v1/listings/{id}", base())).body["available"], 0);
+}
+
+/// Reservations belong to the purchase sagas: an operator's token cannot
+/// release (or take) units behind a saga's back, and nothing changes.
+#[test]
+fn only_the_service_token_moves_reservations() {
+    let listing = create(json!({"quantity": 1}));
+    let id = listing["id"].as_str().expect("id");
+    let purchase = fresh_purchase_id();
+    let body = json!({"purchase_id": purchase, "listing_id": id, "quantity": 1});
+    let url = format!("{}/internal/reservations", base());
+    for token in [secret("OPS_TOKEN"), secret("CHECKOUT_TOKEN")] {
+        let refused = post(&url, &token, &body);
+        assert!(matches!(refused.status, 401 | 403), "{} {:?}", refused.status, refused.body);
+    }
+    assert_eq!(get(&format!("{}/v1/listings/{id}", base())).body["available"], 1, "nothing was reserved");
+    assert_eq!(post(&url, &secret("INTERNAL_TOKEN"), &body).status, 201);
+    let release = format!("{url}/{purchase}/release");
+    let by_operator = post(&release, &secret("OPS_TOKEN"), &json!({}));
+    assert_eq!((by_operator.status, by_operator.body["error"]["code"].as_str()), (403, Some("forbidden")));
+    assert_eq!(get(&format!("{}/v1/listings/{id}", base())).body["available"], 0, "the reservation stands");
 }

@@ -135,6 +135,7 @@ impl Secrets {
         let defaults = [
             ("CHECKOUT_TOKEN", "dev_checkout_token"),
             ("OPS_TOKEN", "dev_ops_token"),
+            ("INTERNAL_TOKEN", "dev_internal_token"),
             ("STRIPE_WEBHOOK_SECRET", "whsec_dev_local_only"),
             ("STRIPE_SECRET_KEY", "sk_test_dev_local_only"),
             ("CLICK_SIGNING_KEY", "dev_click_signing_key"),

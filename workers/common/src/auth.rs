@@ -18,6 +18,10 @@ pub enum Role {
     Checkout,
     /// An operator (`OPS_TOKEN`).
     Ops,
+    /// Another Worker of this system (`INTERNAL_TOKEN`): the payments Worker
+    /// moving a purchase's reservation. Operators cannot act in its place,
+    /// so a hand-made release can never strand a purchase mid-saga.
+    Service,
 }
 
 impl Role {
@@ -25,6 +29,7 @@ impl Role {
         match self {
             Role::Checkout => "checkout",
             Role::Ops => "ops",
+            Role::Service => "service",
         }
     }
 }

@@ -29,7 +29,9 @@ impl Config {
     fn from_env(env: &Env) -> Self {
         Config {
             database_url: route::config(env, "DATABASE_URL"),
-            tokens: Tokens::new().with(Role::Ops, &route::config(env, "OPS_TOKEN").unwrap_or_default()),
+            tokens: Tokens::new()
+                .with(Role::Ops, &route::config(env, "OPS_TOKEN").unwrap_or_default())
+                .with(Role::Service, &route::config(env, "INTERNAL_TOKEN").unwrap_or_default()),
             embedder: embed::Embedder::from_env(env),
         }
     }
@@ -102,7 +104,7 @@ async fn handle(mut req: Request, env: Env) -> Result<Response, ApiError> {
             Ok(json(200, &listing::from_row(&row)?))
         }
         (Method::Post, ["internal", "reservations"]) => {
-            config.tokens.require(&req, &[Role::Ops])?;
+            config.tokens.require(&req, &[Role::Service])?;
             let input: reservation::ReserveInput = body::json(&mut req).await?;
             purchase_id(&input.purchase_id)?;
             let mut client = config.db().await?;
@@ -110,7 +112,7 @@ async fn handle(mut req: Request, env: Env) -> Result<Response, ApiError> {
             Ok(json(if created { 201 } else { 200 }, &reservation))
         }
         (Method::Post, ["internal", "reservations", id, action @ ("release" | "sold")]) => {
-            config.tokens.require(&req, &[Role::Ops])?;
+            config.tokens.require(&req, &[Role::Service])?;
             let id = purchase_id(id)?;
             let to = if *action == "release" { "released" } else { "sold" };
             let mut client = config.db().await?;

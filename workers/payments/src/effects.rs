@@ -87,7 +87,8 @@ fn describe(service: &str, status: u16, body: &Value) -> String {
 }
 
 /// One request to the marketplace Worker through the `MARKETPLACE` service
-/// binding, authenticated as an operator. Network trouble is retryable.
+/// binding, authenticated as a service (`INTERNAL_TOKEN`). Network trouble
+/// is retryable.
 pub async fn marketplace_call(
     env: &Env,
     method: Method,
@@ -96,7 +97,7 @@ pub async fn marketplace_call(
 ) -> Result<(u16, Value), CallError> {
     let service = env.service("MARKETPLACE").map_err(|e| CallError::Retryable(format!("MARKETPLACE binding: {e}")))?;
     let headers = Headers::new();
-    let token = crate::config_var(env, "OPS_TOKEN").unwrap_or_default();
+    let token = crate::config_var(env, "INTERNAL_TOKEN").unwrap_or_default();
     let _ = headers.set("authorization", &format!("Bearer {token}"));
     if body.is_some() {
         let _ = headers.set("content-type", "application/json");
