@@ -229,7 +229,9 @@ impl PurchaseObject {
         match view {
             Some(view) => Ok(json_response(status, &view)),
             // `flush` failed and forgot the unwritten state.
-            None if !self.loaded.get() => Err(ApiError::internal("the purchase could not be stored; retry the request")),
+            None if !self.loaded.get() => {
+                Err(ApiError::internal("the purchase could not be stored; retry the request"))
+            }
             None => Err(ApiError::not_found("no such purchase")),
         }
     }
@@ -458,7 +460,11 @@ impl PurchaseObject {
         while let Some(effect) = queue.pop_front() {
             if !inline {
                 if let Err(e) = self.flush() {
-                    self.log(Level::Error, "could not write the record; the alarm retries", json!({ "error": e.to_string() }));
+                    self.log(
+                        Level::Error,
+                        "could not write the record; the alarm retries",
+                        json!({ "error": e.to_string() }),
+                    );
                     return;
                 }
                 if !safety_net_set {
