@@ -91,6 +91,20 @@ fn a_paraphrase_finds_the_listing_by_meaning() {
 }
 
 #[test]
+fn misspelled_words_are_corrected_against_the_listings_words() {
+    let region = fresh_region("typos");
+    let (heater, _, _, _) = shop(&region);
+    let cage =
+        create(&region, "Chinchilla cage, three levels", "Wooden shelves and a dust bath corner.", "rodent", json!({}));
+    // Two typos: neither word is one that listings use; both are corrected
+    // ("aquarium heater") before the query is embedded and matched.
+    assert_eq!(ids(&search(&[("q", "aquarim heeter"), ("region", &region)])).first(), Some(&heater));
+    assert_eq!(ids(&search(&[("q", "chinchila cage"), ("region", &region)])).first(), Some(&cage));
+    // Short words are never "corrected" into other words.
+    assert_eq!(search(&[("q", "gray house"), ("region", &region)]).status, 200);
+}
+
+#[test]
 fn an_exact_breed_name_ranks_first() {
     let region = fresh_region("breed");
     let (_, _, _, coon) = shop(&region);
@@ -142,7 +156,8 @@ fn removed_and_sold_out_listings_never_appear() {
     );
     assert_eq!(reserved.status, 201, "{:?}", reserved.body);
     assert!(!ids(&search(&[("q", "aquarium heater"), ("region", &region)])).contains(&heater));
-    let sold = post(&format!("{}/internal/reservations/{purchase}/sold", base()), &secret("INTERNAL_TOKEN"), &json!({}));
+    let sold =
+        post(&format!("{}/internal/reservations/{purchase}/sold", base()), &secret("INTERNAL_TOKEN"), &json!({}));
     assert_eq!(sold.status, 200);
     assert!(!ids(&search(&[("q", "aquarium heater"), ("region", &region)])).contains(&heater));
 

@@ -2,6 +2,7 @@
 
 mod bench_ads;
 mod bench_saga;
+mod bench_search;
 mod crash;
 mod demo;
 mod direct;
@@ -263,6 +264,7 @@ fn bench(args: &[String]) -> Result<()> {
             bench_saga::main(rest)
         }
         Some((what, _)) if what == "ads" => bench_ads::main(args),
+        Some((what, rest)) if what == "search" => install_stop_handler().and_then(|()| bench_search::main(rest)),
         _ => bail!("usage: cargo xtask bench saga [--sagas N] [--concurrency C] | bench ads [--seconds N] [--connections C] [--url URL | --via-wrangler-proxy]"),
     }
 }

@@ -6,6 +6,8 @@ mod embed;
 mod listing;
 mod reservation;
 mod search;
+mod search_spell;
+mod search_sql;
 
 use serde_json::json;
 use worker::{event, Context, Env, Method, Request, Response};
@@ -62,14 +64,17 @@ async fn handle(mut req: Request, env: Env) -> Result<Response, ApiError> {
         (Method::Get, ["v1", "search"]) => {
             let url = req.url().map_err(|_| ApiError::not_found("unparseable URL"))?;
             let query = search::Query::parse(url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())))?;
-            let embedded = config.embedder()?.embed(std::slice::from_ref(&query.q)).await.map_err(embed_error)?;
+            let mut client = config.db().await?;
+            let corrected = search::correct(&client, &query.q)
+                .await
+                .map_err(|e| ApiError::unavailable("database_error", format!("PostgreSQL: {e}")))?;
+            let embedded = config.embedder()?.embed(std::slice::from_ref(&corrected)).await.map_err(embed_error)?;
             let vector = embedded
                 .vectors
                 .first()
                 .map(|v| embed::vector_literal(v))
                 .ok_or_else(|| embed_error(embed::EmbedError::Malformed("no vector".into())))?;
-            let mut client = config.db().await?;
-            Ok(json(200, &search::run(&mut client, &query, Some((&vector, &embedded.model))).await?))
+            Ok(json(200, &search::run(&mut client, &query, &corrected, Some((&vector, &embedded.model))).await?))
         }
         (Method::Post, ["v1", "listings"]) => {
             config.tokens.require(&req, &[Role::Ops])?;

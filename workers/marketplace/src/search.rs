@@ -4,11 +4,11 @@
 //! applied inside the scan: pgvector's HNSW index (cosine distance to the
 //! query's embedding, same model only; iterative index scans keep reading
 //! the graph until enough rows pass the filters) and PostgreSQL full-text
-//! search (any query word, ranked by cover density). They are fused by
-//! reciprocal rank fusion, `score = Σ 1 / (RRF_K + rank)`, so an exact word
-//! (a breed name) that the vector side ranks low is not lost, and a
-//! paraphrase or a misspelling that full-text misses is still found.
-//! See docs/search.md.
+//! search (listings with every word of the query, by cover density). They
+//! are fused by reciprocal rank fusion, `score = Σ 1 / (RRF_K + rank)`, so an exact word (a breed name)
+//! that the vector side ranks low is not lost, and a paraphrase or a
+//! partial match that full-text misses is still found. Misspelled words are corrected against
+//! the listings' own vocabulary first (`search_spell`). See docs/search.md.
 
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -18,12 +18,9 @@ use tokio_postgres::types::ToSql;
 use worker_common::ApiError;
 
 use crate::listing::{MoneyInput, SPECIES};
+use crate::search_spell;
+use crate::search_sql::{self, DEPTH, FOR_SALE};
 
-/// Candidates taken from each ranking; results past the fused list of these
-/// are not paged to.
-pub const DEPTH: i64 = 100;
-/// The usual RRF constant: dampens the weight of the very first ranks.
-pub const RRF_K: i64 = 60;
 pub const MAX_QUERY_CHARS: usize = 512;
 pub const MAX_LIMIT: i64 = 50;
 pub const DEFAULT_LIMIT: i64 = 10;
@@ -165,7 +162,7 @@ pub fn decode_cursor(raw: &str) -> Option<i64> {
 /// The filters shared by both rankings, as SQL whose parameters are
 /// numbered after those already in `params`. Listings that are removed or sold out never match.
 fn filters<'a>(query: &'a Query, params: &mut Vec<&'a (dyn ToSql + Sync)>) -> String {
-    let mut sql = String::from("status = 'active' AND quantity > reserved + sold");
+    let mut sql = String::from(FOR_SALE);
     let mut push = |sql: &mut String, template: &str, value: &'a (dyn ToSql + Sync)| {
         params.push(value);
         sql.push_str(&format!(" AND {}", template.replace('?', &format!("${}", params.len()))));
@@ -198,61 +195,48 @@ pub struct Hit {
     pub score: f64,
 }
 
-/// Runs the search. `embedding` is the query's vector and its model's name.
+/// The query with its misspelled words corrected against the listings'
+/// vocabulary (the query itself when nothing needs correcting).
+pub async fn correct(client: &tokio_postgres::Client, q: &str) -> Result<String, tokio_postgres::Error> {
+    let rows = client.query(search_spell::CANDIDATES_SQL, &[&q]).await?;
+    let mut fixes = std::collections::HashMap::new();
+    for row in rows {
+        let word: String = row.try_get(0)?;
+        let candidates: Vec<String> = row.try_get(1)?;
+        if let Some(fix) = search_spell::best(&word, &candidates) {
+            fixes.insert(word, fix.to_string());
+        }
+    }
+    Ok(search_spell::apply(q, &fixes))
+}
+
+/// Runs the search. `corrected` is the query with its misspellings
+/// corrected (`search_spell::correct`; the query itself when there were
+/// none); `embedding` is the corrected query's vector and its model's name.
 pub async fn run(
     client: &mut tokio_postgres::Client,
     query: &Query,
+    corrected: &str,
     embedding: Option<(&str, &str)>,
 ) -> Result<Value, ApiError> {
     let db = |e: tokio_postgres::Error| ApiError::unavailable("database_error", format!("PostgreSQL: {e}"));
     let currency_code = query.currency.map(|c| c.stripe_code().to_ascii_uppercase());
     let (vector, model) = embedding.unwrap_or(("", ""));
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&query.q];
+    let corrected = corrected.to_string();
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&query.q, &corrected];
     let mut where_sql = filters(query, &mut params);
     if let Some(code) = &currency_code {
         params.push(code);
         where_sql.push_str(&format!(" AND currency = ${}", params.len()));
     }
-    let semantic = if embedding.is_some() {
+    let vector_params = embedding.map(|_| {
         params.push(&vector);
-        let v = params.len();
         params.push(&model);
-        let m = params.len();
-        format!(
-            "SELECT id, row_number() OVER (ORDER BY dist, id) AS rank FROM (
-                 SELECT id, embedding <=> ${v}::text::vector AS dist FROM listings
-                 WHERE embedding_model = ${m} AND {where_sql}
-                 ORDER BY embedding <=> ${v}::text::vector LIMIT {DEPTH}) candidates"
-        )
-    } else {
-        "SELECT NULL::text AS id, NULL::bigint AS rank WHERE false".to_string()
-    };
-    let fetch = query.limit + 1;
-    let sql = format!(
-        "WITH semantic AS ({semantic}),
-         fulltext AS (
-             SELECT id, row_number() OVER (ORDER BY r DESC, id) AS rank FROM (
-                 SELECT id, ts_rank_cd(search_tsv, tsq, 32) AS r
-                 FROM listings, (SELECT replace(plainto_tsquery('english', $1)::text, ' & ', ' | ')::tsquery AS tsq) words
-                 WHERE search_tsv @@ tsq AND {where_sql}
-                 ORDER BY r DESC, id LIMIT {DEPTH}) candidates),
-         fused AS (
-             SELECT id, (COALESCE(1.0 / ({RRF_K} + s.rank), 0) + COALESCE(1.0 / ({RRF_K} + f.rank), 0))::float8 AS score
-             FROM semantic s FULL OUTER JOIN fulltext f USING (id))
-         SELECT l.id, l.title, l.price_minor, l.currency, l.species, l.region, fused.score
-         FROM fused JOIN listings l USING (id)
-         ORDER BY fused.score DESC, l.id
-         LIMIT {fetch} OFFSET {offset}",
-        offset = query.offset
-    );
+        (params.len() - 1, params.len())
+    });
+    let sql = search_sql::hybrid(&where_sql, vector_params, query.limit + 1, query.offset);
     let tx = client.transaction().await.map_err(db)?;
-    // Keep reading the HNSW graph until DEPTH rows pass the filters (pgvector
-    // 0.8); relaxed order is fine since the candidates are re-sorted by
-    // distance above. The scan stops after max_scan_tuples, which bounds the
-    // cost of a filter that almost nothing matches.
-    tx.batch_execute("SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.ef_search = 100; SET LOCAL hnsw.max_scan_tuples = 40000")
-        .await
-        .map_err(db)?;
+    tx.batch_execute(search_sql::SCAN_SETTINGS).await.map_err(db)?;
     let rows = tx.query(&sql, &params).await.map_err(db)?;
     tx.commit().await.map_err(db)?;
     let mut items = Vec::with_capacity(rows.len());
@@ -356,13 +340,13 @@ mod tests {
             ("currency", "EUR"),
         ])
         .expect("valid");
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&q.q];
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&q.q, &q.q];
         let sql = filters(&q, &mut params);
-        assert_eq!(params.len(), 4);
+        assert_eq!(params.len(), 5);
         assert!(
-            sql.contains("species = $2")
-                && sql.contains("lower(breed) = lower($3)")
-                && sql.contains("price_minor <= $4"),
+            sql.contains("species = $3")
+                && sql.contains("lower(breed) = lower($4)")
+                && sql.contains("price_minor <= $5"),
             "{sql}"
         );
     }
