@@ -388,18 +388,7 @@ fn this_project(tools: &Tools, options: &Options) -> Result<Vec<Row>> {
     let secret = |name: &str| secrets.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()).unwrap_or_default();
     let step = ui::step(format!("starting a throw-away stack (test ports, {})", Profile::Test.dir().display()));
     let mut stack = if options.tmpfs {
-        // What `fresh` does, then the Workers' state folder as a link to tmpfs.
-        let dir = Profile::Test.dir();
-        for sub in ["state", "logs", "registry"] {
-            let path = dir.join(sub);
-            let _ = fs::remove_file(&path);
-            let _ = fs::remove_dir_all(&path);
-        }
-        let _ = fs::remove_dir_all(crate::postgres::data_dir(&dir));
-        let target = fresh_dir(options, "stack-state")?;
-        fs::create_dir_all(&dir)?;
-        std::os::unix::fs::symlink(&target, dir.join("state")).context("linking the stack's state to tmpfs")?;
-        stack::start(Profile::Test, tools, false, &secrets)?
+        stack::start_with_state_in(Profile::Test, tools, &secrets, &fresh_dir(options, "stack-state")?)?
     } else {
         stack::start(Profile::Test, tools, true, &secrets)?
     };

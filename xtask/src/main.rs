@@ -80,7 +80,7 @@ fn print_help() {
          demo                            one complete purchase against the running dev stack, printed as a timeline\n  \
          drill <name>|all                a reliability drill on a throw-away stack: chaos, last-unit, one-purchase, hostile, needs-attention, crash\n  \
          bench saga [--sagas N] [--concurrency C]  the purchase saga against Restate and Cloudflare Workflows (docs/benchmarks.md)\n  \
-         bench ads [--seconds N] [--connections C] 10,000 campaigns into a throw-away stack, then p50/p99 and req/s of GET /v1/ads at the Worker (--url, --via-wrangler-proxy: docs/ads.md)\n  \
+         bench ads [--seconds N] [--connections C] 10,000 campaigns into a throw-away stack, then p50/p99 and req/s of GET /v1/ads at the Worker (--url, --via-wrangler-proxy, --tmpfs: docs/ads.md)\n  \
          seed-listings --count N [--seed S]        N realistic listings, embedded in batches, into the running dev stack\n  \
          eval search [--count N]                   search relevance (nDCG@10, hybrid vs full-text) and filters on N seeded listings\n\n\
          Flags:\n  \
