@@ -210,13 +210,13 @@ fn run(url: &str, options: &Options) -> Result<()> {
                 let cpc = n % 2 == 1;
                 let bid = if cpc { format!("0.{:02}", 1 + rng(&mut s) % 60) } else { format!("{}.{:02}", rng(&mut s) % 6, 10 + rng(&mut s) % 90) };
                 let mut targeting = json!({ "species": [pick(&mut s, SPECIES)] });
-                if n % 3 == 0 {
+                if n.is_multiple_of(3) {
                     targeting["regions"] = json!([pick(&mut s, REGIONS)]);
                 }
-                if n % 4 == 0 {
+                if n.is_multiple_of(4) {
                     targeting["interests"] = json!([pick(&mut s, INTERESTS), pick(&mut s, INTERESTS)]);
                 }
-                if n % 5 == 0 {
+                if n.is_multiple_of(5) {
                     targeting["age_months"] = json!({"min": 0, "max": 36 + rng(&mut s) % 100});
                 }
                 json!({
@@ -226,7 +226,7 @@ fn run(url: &str, options: &Options) -> Result<()> {
                     "bid": {"type": if cpc { "cpc" } else { "cpm" }, "value": bid, "currency": "EUR"},
                     "daily_budget": {"value": "100000.00", "currency": "EUR"},
                     "targeting": targeting,
-                    "frequency_cap": if n % 7 == 0 { json!({"max": 5, "per_seconds": 60}) } else { serde_json::Value::Null },
+                    "frequency_cap": if n.is_multiple_of(7) { json!({"max": 5, "per_seconds": 60}) } else { serde_json::Value::Null },
                     "creative": {"title": format!("Bench creative {n}"), "image_url": "https://cdn.example/b.png", "landing_url": format!("https://shop.example/{n}")}
                 })
             })
