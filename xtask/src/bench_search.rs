@@ -27,14 +27,13 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::process::{Output, Supervisor};
-use crate::search_eval::{search_spell, search_sql};
+use crate::process::Supervisor;
+use crate::search_eval::{encode, search_spell, search_sql};
 use crate::seed::{self, Listing};
 use crate::stack::{self, Profile, Secrets};
 use crate::{paths, postgres, tools, ui, workers};
@@ -147,26 +146,10 @@ struct Embedder<'a> {
 impl Embedder<'_> {
     fn url(&mut self, supervisor: &mut Supervisor) -> Result<&str> {
         if !self.started {
-            let step = ui::step(format!("starting the embedder on {}", self.url));
-            let address = self.url.trim_start_matches("http://").to_string();
-            let mut command = Command::new(&self.tools.embedder);
-            command.arg("--model-dir").arg(&self.tools.embedder_model).args(["--listen", &address]);
-            let log = self.dir.join("logs").join("embedder.log");
-            supervisor.spawn("embedder", command, &log, Output::LogFile, libc::SIGTERM)?;
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(10)))
-                .http_status_as_error(false)
-                .build()
-                .into();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !agent.get(&format!("{}/healthz", self.url)).call().is_ok_and(|r| r.status() == 200) {
-                if Instant::now() > deadline || !supervisor.is_running("embedder") || crate::interrupted() {
-                    bail!("the embedder did not start; log:\n{}", crate::process::tail(&log, 20));
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            let port =
+                self.url.rsplit(':').next().and_then(|p| p.parse().ok()).context("the embedder URL names no port")?;
+            stack::start_embedder(supervisor, self.tools, port, &self.dir.join("logs"))?;
             self.started = true;
-            step.done();
         }
         Ok(&self.url)
     }
@@ -514,15 +497,6 @@ fn measure(client: &mut ::postgres::Client, queries: &[Query], count: u64) -> Re
     println!("{:<58} {:>16}   {}", "hybrid query (HNSW + full text + RRF, limit 10)", "", hybrid.summary());
     println!("{:<58} {:>16}   {}", "database part of a search (lookup + hybrid)", "", both.summary());
     Ok(())
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// `GET /v1/search` end to end at the marketplace Worker (its own workerd

@@ -99,7 +99,8 @@ fn api(agent: &ureq::Agent, url: &str) -> Result<Value> {
     Ok(serde_json::from_str(&text)?)
 }
 
-fn encode(text: &str) -> String {
+/// Percent-encodes a query-string value.
+pub(crate) fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),

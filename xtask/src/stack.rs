@@ -498,7 +498,12 @@ pub fn supervise(stack: &mut Stack, stop: &std::sync::atomic::AtomicBool) -> Res
 
 /// Starts the local embedding service (the marketplace's stand-in for
 /// Workers AI) and waits until it embeds a probe sentence.
-fn start_embedder(supervisor: &mut Supervisor, tools: &Tools, port: u16, logs: &std::path::Path) -> Result<String> {
+pub(crate) fn start_embedder(
+    supervisor: &mut Supervisor,
+    tools: &Tools,
+    port: u16,
+    logs: &std::path::Path,
+) -> Result<String> {
     let step = ui::step(format!("starting the embedder on 127.0.0.1:{port}"));
     let url = format!("http://127.0.0.1:{port}");
     let log = logs.join("embedder.log");
